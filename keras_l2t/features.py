@@ -1,0 +1,104 @@
+"""Named feature maps out of any functional Keras model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+
+
+def feature_map_layers(model: keras.Model) -> list[str]:
+    """Returns the names of the layers of `model` whose output is a 4-D feature map.
+
+    Args:
+        model: A functional or Sequential Keras model.
+
+    Returns:
+        Layer names in graph order, for layers whose single output has shape
+        (batch, height, width, channels).
+    """
+    _check_functional(model)
+    names = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        output = _single_output(layer)
+        if output is not None and len(output.shape) == 4:
+            names.append(layer.name)
+    return names
+
+
+def feature_extractor(
+    model: keras.Model, layer_names: Sequence[str], include_output: bool = False
+) -> keras.Model:
+    """Builds a model that returns the outputs of the named layers of `model`.
+
+    The new model shares layers and variables with `model`: nothing is copied.
+
+    Args:
+        model: A functional or Sequential Keras model (subclassed models have no
+            graph to tap and are rejected).
+        layer_names: Names of layers with 4-D outputs (batch, height, width, channels).
+        include_output: When True, the model's own output comes first.
+
+    Returns:
+        A `keras.Model` on `model.inputs` whose outputs are a list: the model output
+        (if `include_output`) followed by one feature map per name, in order.
+
+    Raises:
+        ValueError: for a subclassed model, an unknown layer name (the valid names are
+            listed), or a layer whose output is not a 4-D feature map.
+
+    Example:
+        >>> taps = feature_extractor(resnet, ["stage2_out", "stage3_out"])  # doctest: +SKIP
+        >>> maps = taps(images)  # doctest: +SKIP
+    """
+    _check_functional(model)
+    outputs = [model.outputs[0]] if include_output else []
+    for name in layer_names:
+        outputs.append(feature_map_output(model, name))
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
+
+
+def feature_map_output(model: keras.Model, name: str) -> keras.KerasTensor:
+    """Returns the symbolic 4-D output of layer `name`, or raises a clear error."""
+    names = [layer.name for layer in model.layers]
+    if name not in names:
+        raise ValueError(
+            f"Model '{model.name}' has no layer named '{name}'. Layers with 4-D "
+            f"feature maps: {feature_map_layers(model)}"
+        )
+    layer = model.get_layer(name)
+    output = _single_output(layer)
+    if output is None or len(output.shape) != 4:
+        shape = None if output is None else tuple(output.shape)
+        raise ValueError(
+            f"Layer '{name}' of model '{model.name}' outputs shape {shape}, not a 4-D "
+            "feature map (batch, height, width, channels). Layers with 4-D feature "
+            f"maps: {feature_map_layers(model)}"
+        )
+    return output
+
+
+def _single_output(layer: keras.layers.Layer) -> keras.KerasTensor | None:
+    try:
+        output = layer.output
+    except (AttributeError, ValueError):
+        return None
+    return output if isinstance(output, keras.KerasTensor) else None
+
+
+def _check_functional(model: keras.Model) -> None:
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"Expected a keras.Model, got {type(model).__name__}.")
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        inputs = None
+    if not inputs:
+        raise ValueError(
+            f"Model '{model.name}' ({type(model).__name__}) is not a built functional "
+            "or Sequential model, so its intermediate layers cannot be tapped. Build it "
+            "with the functional API (keras.Model(inputs, outputs)), or for a "
+            "Sequential model give it an Input first."
+        )
