@@ -1,0 +1,44 @@
+"""The "what" meta-network: which source channels matter, per sample."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_l2t")
+class ChannelWeights(keras.layers.Layer):
+    """Per-sample channel weights w(x) = softmax(Dense(C -> C)(pooled source feature)).
+
+    The kernel and bias start at zero, so at initialisation every channel gets exactly
+    1/C: L2T-ww starts from plain feature matching with uniform channel weights.
+
+    Args:
+        **kwargs: Standard `keras.layers.Layer` arguments (name, dtype, ...).
+
+    Call args:
+        pooled: (batch, C) global average pool of the source feature map S^m(x).
+
+    Returns:
+        (batch, C) non-negative weights that sum to one over channels.
+
+    Example:
+        >>> layer = ChannelWeights()
+        >>> w = layer(keras.ops.ones((2, 64)))  # every entry 1/64
+
+    Reference:
+        Jang et al., "Learning What and Where to Transfer", ICML 2019, Eq. (2).
+    """
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.kernel = self.add_weight(
+            name="kernel", shape=(channels, channels), initializer="zeros"
+        )
+        self.bias = self.add_weight(name="bias", shape=(channels,), initializer="zeros")
+
+    def call(self, pooled):
+        return ops.softmax(ops.matmul(pooled, self.kernel) + self.bias, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

@@ -1,0 +1,56 @@
+"""The 1x1 adapter r^{m,n} that maps a target feature map onto source channels."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from keras_l2t.layers.fan_in_uniform import fan_in_uniform
+
+
+@keras.saving.register_keras_serializable(package="keras_l2t")
+class FeatureAdapter(keras.layers.Layer):
+    """1x1 convolution with bias from the target's channels to the source's channels.
+
+    It is part of the target's parameters theta (trained with it, with weight decay).
+    Kernel and bias start like PyTorch's default for a 1x1 `Conv2d`,
+    U(-1/sqrt(C_target), 1/sqrt(C_target)), as in the reference implementation.
+
+    Args:
+        channels: Number of output channels (the source layer's channels).
+        **kwargs: Standard `keras.layers.Layer` arguments.
+
+    Call args:
+        target_map: (batch, height, width, C_target) target feature map T^n(x).
+
+    Returns:
+        (batch, height, width, channels).
+
+    Example:
+        >>> adapter = FeatureAdapter(256)
+        >>> y = adapter(keras.ops.ones((2, 14, 14, 128)))  # (2, 14, 14, 256)
+    """
+
+    def __init__(self, channels: int, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+
+    def build(self, input_shape):
+        in_channels = input_shape[-1]
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(in_channels, self.channels),
+            initializer=fan_in_uniform(in_channels),
+        )
+        self.bias = self.add_weight(
+            name="bias", shape=(self.channels,), initializer=fan_in_uniform(in_channels)
+        )
+
+    def call(self, target_map):
+        return ops.matmul(target_map, self.kernel) + self.bias
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.channels)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels}

@@ -1,0 +1,89 @@
+"""Per-example loss terms of L2T-ww, written in `keras.ops` for any backend.
+
+Every function returns one value per example. The caller divides the sum by the
+global batch size, so the same code is right on one device and under
+`tf.distribute` (where each replica sees part of the batch).
+"""
+
+from __future__ import annotations
+
+from keras import ops
+
+
+def resize_to(source_map, target_map):
+    """Bilinearly resizes `source_map` to the spatial size of `target_map`.
+
+    Half-pixel centres and no antialiasing, as PyTorch's
+    `F.interpolate(mode="bilinear", align_corners=False)` in the reference.
+
+    Args:
+        source_map: (batch, H_s, W_s, C) source feature map.
+        target_map: (batch, H_t, W_t, C') map whose spatial size to take.
+
+    Returns:
+        (batch, H_t, W_t, C); `source_map` itself when the sizes already agree.
+    """
+    size = tuple(target_map.shape[1:3])
+    if tuple(source_map.shape[1:3]) == size:
+        return source_map
+    return ops.image.resize(source_map, size, interpolation="bilinear", antialias=False)
+
+
+def channel_distances(source_map, adapted_target_map):
+    """d[b, c] = mean over (h, w) of (S - r(T))^2.
+
+    Args:
+        source_map: (batch, H, W, C) source map, already resized to the target's size.
+        adapted_target_map: (batch, H, W, C) target map after the 1x1 adapter.
+
+    Returns:
+        (batch, C) per-channel mean squared distances.
+    """
+    return ops.mean(ops.square(source_map - adapted_target_map), axis=(1, 2))
+
+
+def weighted_feature_matching(
+    source_map, adapted_target_map, channel_weights, pair_weight, beta: float = 0.5
+):
+    """Per-example weighted feature-matching loss of one pair (L2T-ww, Eq. 1-3).
+
+    loss[b] = beta * lambda[b] * sum_c w[b, c] * d[b, c], with d from
+    `channel_distances`. Its batch mean is the reference's L_pair.
+
+    Args:
+        source_map: (batch, H, W, C) source map, resized to the target map's size.
+        adapted_target_map: (batch, H, W, C) adapted target map r(T^n(x)).
+        channel_weights: (batch, C) "what" weights w (uniform 1/C for plain FM).
+        pair_weight: (batch,) "where" weights lambda (1 for plain FM).
+        beta: Overall weight of the matching loss.
+
+    Returns:
+        (batch,) loss per example.
+
+    Example:
+        >>> loss = weighted_feature_matching(s, t, ops.ones((2, 8)) / 8, ops.ones((2,)))
+    """
+    distances = channel_distances(source_map, adapted_target_map)
+    return beta * pair_weight * ops.sum(channel_weights * distances, axis=-1)
+
+
+def cross_entropy(labels, outputs, from_logits: bool = True):
+    """Per-example cross-entropy for integer labels (batch,) or one-hot labels (batch, K).
+
+    Args:
+        labels: Integer class ids, or one-hot / soft labels with the outputs' shape.
+        outputs: (batch, K) logits, or probabilities when `from_logits=False`.
+        from_logits: Whether `outputs` are logits.
+
+    Returns:
+        (batch,) cross-entropy per example.
+    """
+    if len(labels.shape) == len(outputs.shape):
+        return ops.categorical_crossentropy(labels, outputs, from_logits=from_logits)
+    labels = ops.reshape(labels, (-1,))
+    return ops.sparse_categorical_crossentropy(labels, outputs, from_logits=from_logits)
+
+
+def entropy(probabilities):
+    """Per-example entropy -sum p log p over the last axis (natural log)."""
+    return -ops.sum(probabilities * ops.log(ops.maximum(probabilities, 1e-12)), axis=-1)

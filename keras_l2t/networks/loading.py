@@ -1,0 +1,75 @@
+"""Loading a network from a file: a user's own `.keras` model, or weights for a builder."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+
+from keras_l2t.features import feature_map_layers
+from keras_l2t.networks.common import finish_target
+
+
+def load_network(path: str | os.PathLike, exact_batch_norm: bool = True) -> keras.Model:
+    """Loads a functional Keras model from a `.keras` file, ready to be tapped.
+
+    Any functional or Sequential model works, not only the builders' ones; its
+    4-D layers can then be tapped by name with `feature_extractor`.
+
+    Args:
+        path: A `.keras` file (the Keras 3 format). For a `.weights.h5` file, build the
+            architecture with `build_network(name, ..., weights=path)` instead.
+        exact_batch_norm: Switch BatchNorm to exact second-order moments (DESIGN.md
+            fact 1). Keep True for a target network.
+
+    Returns:
+        The model, loaded without its optimizer (`compile=False`).
+
+    Raises:
+        FileNotFoundError: if `path` does not exist.
+        ValueError: for another file type, or a subclassed model (no layer graph to
+            tap: rebuild it with the functional API).
+
+    Example:
+        >>> target = load_network("my_target.keras")  # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No such model file: '{path}'.")
+    if not path.endswith(".keras"):
+        raise ValueError(
+            f"'{path}' is not a .keras file. Load a full model from a .keras file; "
+            "load a .weights.h5 file into its architecture with "
+            "build_network(name, num_classes, weights=path)."
+        )
+    model = keras.saving.load_model(path, compile=False)
+    feature_map_layers(model)  # Raises a clear ValueError for a subclassed model.
+    return finish_target(model, exact_batch_norm)
+
+
+def load_weights_file(model: keras.Model, path: str | os.PathLike) -> keras.Model:
+    """Loads a `.weights.h5` file (or the weights of a `.keras` file) into `model`.
+
+    Args:
+        model: A built model of the same architecture as the one that saved the file.
+        path: A `.weights.h5` file from `model.save_weights`, or a `.keras` file.
+
+    Returns:
+        `model`, with the loaded weights.
+
+    Raises:
+        FileNotFoundError: if `path` does not exist.
+        ValueError: if the file does not fit the architecture (Keras' message, with
+            the file and the model named).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No such weights file: '{path}'.")
+    try:
+        model.load_weights(path)
+    except ValueError as error:
+        raise ValueError(
+            f"Weights file '{path}' does not fit model '{model.name}' (check the "
+            f"architecture and num_classes): {error}"
+        ) from error
+    return model

@@ -1,0 +1,157 @@
+"""One L2T-ww training iteration on TensorFlow: the only module with tapes and tf.distribute.
+
+Each block maps to METHOD.md, "One training iteration":
+
+1. real step: theta <- optimizer step on L_org + L_wfm, phi held fixed;
+2. lookahead: from the new theta, T steps on L_wfm, then one on L_org, each replaying
+   the optimizer's update rule on tensors (never on the variables);
+3. meta step: phi <- meta-optimizer step on d L_org(theta_{T+1}) / d phi, computed
+   exactly by differentiating through the lookahead (nested tapes, second order);
+4. roll back: nothing to undo, because the lookahead never wrote to a variable; its
+   batch-norm statistics are dropped and the momentum buffers were only read.
+
+Under `tf.distribute`, every loss is a sum over the replica's examples divided by the
+global batch size, the optimizers sum the replicas' gradients, and the lookahead's
+gradients are all-reduced so each replica takes the step one device would take. The
+all-reduce's gradient is an all-reduce too, so the meta-gradient summed over replicas
+is the single-device one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import tensorflow as tf
+
+
+def sum_across_replicas(values):
+    """Sums `values` (a tensor or a list of tensors) over the replicas, differentiably."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return values
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, values)
+
+
+def global_batch_size(x, dtype) -> tf.Tensor:
+    """The number of examples in this step over all replicas, as a `dtype` scalar."""
+    return sum_across_replicas(tf.cast(tf.shape(x)[0], dtype))
+
+
+def gradients(loss_fn: Callable[[], tf.Tensor], sources: Sequence):
+    """Returns (loss, d loss / d sources), zeros where `sources` do not reach the loss."""
+    with tf.GradientTape() as tape:
+        tape.watch(sources)
+        loss = loss_fn()
+    return loss, tape.gradient(loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+def unrolled_meta_gradient(
+    params: list,
+    buffers: list,
+    objectives: Sequence[Callable[[list], tf.Tensor]],
+    meta_objective: Callable[[list], tf.Tensor],
+    update: Callable[[list, list, list], tuple[list, list]],
+    meta_variables: Sequence,
+    second_order: bool = True,
+):
+    """Differentiates a meta objective through unrolled optimizer steps.
+
+    params_{k+1}, buffers_{k+1} = update(params_k, buffers_k, grad objectives[k](params_k)),
+    then returns d meta_objective(params_K) / d meta_variables. The meta variables enter
+    through the objectives only, so the derivative is second order: with
+    `second_order=False` (inner gradients treated as constants) it is exactly zero.
+
+    Args:
+        params: Starting parameter values (tensors, not variables).
+        buffers: Starting optimizer buffers (tensors).
+        objectives: One loss function of the parameters per lookahead step.
+        meta_objective: Loss function of the final parameters.
+        update: Pure optimizer step `(params, buffers, grads) -> (params, buffers)`.
+        meta_variables: Variables to differentiate with respect to.
+        second_order: Keep the inner gradients' dependence on the meta variables.
+
+    Returns:
+        (meta objective value, list of gradients aligned with `meta_variables`).
+    """
+    with tf.GradientTape() as meta_tape:
+        for objective in objectives:
+            _, grads = gradients(lambda p=params, f=objective: f(p), params)
+            grads = sum_across_replicas(list(grads))
+            if not second_order:
+                grads = [tf.stop_gradient(g) for g in grads]
+            params, buffers = update(params, buffers, grads)
+        meta_loss = meta_objective(params)
+    meta_grads = meta_tape.gradient(
+        meta_loss, list(meta_variables), unconnected_gradients=tf.UnconnectedGradients.ZERO
+    )
+    return meta_loss, meta_grads
+
+
+def train_step(model, x, y):
+    """Runs one L2T-ww iteration of `model` (a `TransferModel`) on one batch.
+
+    Returns:
+        Per-example cross-entropy, per-example matching loss, the logits of the real
+        step, the pair inputs and pair weights used, and the meta objective (or None).
+    """
+    dtype = model.target.outputs[0].dtype
+    batch = global_batch_size(x, dtype)
+    pair_inputs = model.pair_inputs(x)  # the only source forward of this batch
+    learning_rate = tf.convert_to_tensor(model.optimizer.learning_rate)  # before the step
+    channel_weights, pair_weights = model.pair_weights(pair_inputs)
+    fixed = (
+        [tf.stop_gradient(w) for w in channel_weights],
+        [tf.stop_gradient(p) for p in pair_weights],
+    )
+
+    # 1. Real step on L_org + L_wfm with phi fixed; batch-norm statistics update here.
+    theta = model.theta_variables
+    with tf.GradientTape() as tape:
+        logits, adapted = model.student_forward(x)
+        ce, matching = model.per_example_losses(y, logits, adapted, pair_inputs, *fixed)
+        loss = tf.reduce_sum(ce + matching) / batch
+    model.optimizer.apply(tape.gradient(loss, theta), theta)
+
+    meta_loss = None
+    if model.method.meta_learned:
+        meta_loss, meta_grads = meta_gradient(model, x, y, pair_inputs, learning_rate, batch)
+        decay = model.meta_weight_decay
+        phi = model.phi_variables
+        meta_grads = [g + decay * tf.convert_to_tensor(v) for g, v in zip(meta_grads, phi)]
+        model.meta_optimizer.apply(meta_grads, phi)
+        meta_loss = sum_across_replicas(meta_loss)  # the global batch's value, to report
+    return ce, matching, logits, channel_weights, pair_weights, meta_loss
+
+
+def meta_gradient(model, x, y, pair_inputs, learning_rate, batch, second_order=True):
+    """Steps 2-3: d L_org(theta_{T+1}) / d phi from the current theta and buffers.
+
+    `second_order=False` drops the inner gradients' dependence on phi, which makes the
+    result exactly zero (kept to show why the exact second-order gradient is needed).
+
+    Returns:
+        (meta objective L_org(theta_{T+1}), gradients aligned with `model.phi_variables`).
+    """
+    theta = model.theta_variables
+    start = [tf.convert_to_tensor(v) for v in theta]
+    buffers = model.update_rule.slots(theta)
+    non_trainable = [tf.convert_to_tensor(v) for v in model.target_non_trainable_variables]
+
+    def matching_objective(params):
+        logits, adapted = model.student_forward(x, params, non_trainable)
+        weights = model.pair_weights(pair_inputs)  # phi enters here
+        _, matching = model.per_example_losses(y, logits, adapted, pair_inputs, *weights)
+        return tf.reduce_sum(matching) / batch
+
+    def classification_objective(params):
+        logits, _ = model.student_forward(x, params, non_trainable, with_adapters=False)
+        return tf.reduce_sum(model.cross_entropy(y, logits)) / batch
+
+    def update(params, buffers, grads):
+        return model.update_rule.step(params, buffers, grads, learning_rate)
+
+    objectives = [matching_objective] * model.lookahead_steps + [classification_objective]
+    return unrolled_meta_gradient(
+        start, buffers, objectives, classification_objective, update, model.phi_variables,
+        second_order,
+    )
