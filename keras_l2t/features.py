@@ -57,7 +57,8 @@ def feature_extractor(
     outputs = [model.outputs[0]] if include_output else []
     for name in layer_names:
         outputs.append(feature_map_output(model, name))
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, outputs, name=f"{model.name}_features")
 
 
 def feature_map_output(model: keras.Model, name: str) -> keras.KerasTensor:

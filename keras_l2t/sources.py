@@ -281,13 +281,11 @@ def _build_imagenet_source(
     caffe = imagenet_to_caffe_layer()(inputs)
     application = getattr(keras.applications, spec.application)
     # Built on `caffe`, so the application's layers are top-level layers of the model.
-    model = application(
-        include_top=include_top,
-        weights=None,
-        input_tensor=caffe,
-        classifier_activation=None,
-        name=source,
+    stock = application(
+        include_top=include_top, weights=None, input_tensor=caffe, classifier_activation=None
     )
+    # A single input tensor, not a one-element list (keras.applications' structure).
+    model = keras.Model(inputs, stock.outputs[0], name=source)
     for old, new in _renamed_layers(spec).items():
         if old in (layer.name for layer in model.layers):
             model.get_layer(old).name = new

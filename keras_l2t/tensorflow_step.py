@@ -81,9 +81,11 @@ def unrolled_meta_gradient(
                 grads = [tf.stop_gradient(g) for g in grads]
             params, buffers = update(params, buffers, grads)
         meta_loss = meta_objective(params)
-    meta_grads = meta_tape.gradient(
-        meta_loss, list(meta_variables), unconnected_gradients=tf.UnconnectedGradients.ZERO
-    )
+    # Zeros are filled in by hand: TF's UnconnectedGradients.ZERO fails on Keras variables.
+    meta_grads = meta_tape.gradient(meta_loss, list(meta_variables))
+    meta_grads = [
+        tf.zeros(v.shape, v.dtype) if g is None else g for g, v in zip(meta_grads, meta_variables)
+    ]
     return meta_loss, meta_grads
 
 
