@@ -117,7 +117,8 @@ def train_step(model, x, y):
     meta_loss = None
     if model.method.meta_learned:
         meta_loss, meta_grads = meta_gradient(model, x, y, pair_inputs, learning_rate, batch)
-        decay = model.meta_weight_decay
+        # The optimizer sums the replicas' gradients: add each replica's share of the L2.
+        decay = model.meta_weight_decay / tf.distribute.get_strategy().num_replicas_in_sync
         phi = model.phi_variables
         meta_grads = [g + decay * tf.convert_to_tensor(v) for g, v in zip(meta_grads, phi)]
         model.meta_optimizer.apply(meta_grads, phi)

@@ -1,6 +1,7 @@
 """ImageNet-style ResNet-18 and ResNet-34 (He et al., CVPR 2016), the 224-px networks.
 
-This is the only module of keras-l2t that imports keras-cv: the backbone is keras-cv's
+This is the only module of keras-l2t that imports keras-cv (lazily, when a network
+is built, so the 32-px networks do not need it): the backbone is keras-cv's
 `ResNetBackbone` built from its config arguments (no preset, so no network access,
 DESIGN.md fact 12). The returned model is a flat functional `keras.Model` of plain
 Keras layers: saving it to `.keras` and loading it back does not need keras-cv, and
@@ -20,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
-from keras_cv.models import ResNetBackbone
 
 from keras_l2t.networks.common import (
     BN_EPSILON,
@@ -88,6 +88,8 @@ def _imagenet_resnet(
     exact_batch_norm: bool,
     name: str,
 ) -> keras.Model:
+    from keras_cv.models import ResNetBackbone  # Imported here: keras-cv only when used.
+
     blocks = STAGE_BLOCKS[arch]
     backbone = ResNetBackbone(
         stackwise_filters=list(STAGE_FILTERS),

@@ -1,0 +1,186 @@
+"""Per-example preprocessing and augmentation, as METHOD.md gives them, in TF ops.
+
+224-px style ("resized_crop"): train = random resized crop (area 8-100%, aspect 3/4-4/3)
++ horizontal flip; eval = resize the shorter side to 256 (for 224) and centre crop.
+32-px style ("pad_crop"): the image is first resized to the output size (STL-10 96 -> 32,
+Tiny ImageNet 64 -> 32, Fashion-MNIST 28 -> 32); train = zero-pad 4, random crop,
+horizontal flip; eval = the resize only. Every image is RGB (grayscale repeated to three
+channels), float32, scaled to [0, 1] and normalised with the ImageNet mean and std.
+
+Randomness is stateless: each example carries its own seed, so a pipeline with a given
+seed yields the same augmented batches on every run.
+
+Departures from torchvision, which the reference uses: the crop box is sampled by
+`tf.image.stateless_sample_distorted_bounding_box` (uniform aspect ratio rather than
+log-uniform; after 10 failed tries it falls back to the whole image rather than a centre
+crop), and resizing is TensorFlow's bilinear with antialiasing rather than PIL's.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZED_CROP = "resized_crop"
+PAD_CROP = "pad_crop"
+AUGMENTATIONS = (RESIZED_CROP, PAD_CROP)
+
+
+def default_augmentation(image_size: int) -> str:
+    """The METHOD.md style for an output size: ``pad_crop`` below 64 px, else ``resized_crop``."""
+    return PAD_CROP if image_size < 64 else RESIZED_CROP
+
+
+def to_rgb(image: tf.Tensor) -> tf.Tensor:
+    """Repeats a one-channel image to three channels; leaves RGB images alone."""
+    if image.shape.rank == 3 and image.shape[-1] == 3:
+        return image
+    return tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image[..., :3]
+
+
+def decode(image: tf.Tensor) -> tf.Tensor:
+    """Encoded bytes (JPEG, PNG, GIF, BMP) or a uint8 array -> uint8 RGB [H, W, 3]."""
+    if image.dtype == tf.string:
+        image = tf.io.decode_image(image, channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        return image
+    if image.shape.rank == 2:
+        image = image[..., tf.newaxis]
+    return to_rgb(image)
+
+
+def normalize(image: tf.Tensor) -> tf.Tensor:
+    """uint8 or [0, 255] float -> float32 normalised with the ImageNet mean and std."""
+    image = tf.cast(image, tf.float32) / 255.0
+    return (image - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
+
+
+def _resize(image: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    """Bilinear resize with antialiasing, float32 in [0, 255] out."""
+    return tf.image.resize(image, size, method="bilinear", antialias=True)
+
+
+def _crop_window(shape: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Random-resized-crop box [y, x, h, w] for an image of shape [h, w, c]."""
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        image_size=shape,
+        bounding_boxes=tf.zeros([1, 0, 4], tf.float32),
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=(3.0 / 4.0, 4.0 / 3.0),
+        area_range=(0.08, 1.0),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    return tf.stack([begin[0], begin[1], size[0], size[1]])
+
+
+def _decode_and_random_crop(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Decodes and crops; JPEG bytes are decoded inside the crop window only (fast)."""
+    if image.dtype != tf.string:
+        image = decode(image)
+        w = _crop_window(tf.shape(image), seed)
+        return image[w[0] : w[0] + w[2], w[1] : w[1] + w[3]]
+
+    def jpeg() -> tf.Tensor:
+        w = _crop_window(tf.io.extract_jpeg_shape(image), seed)
+        return tf.io.decode_and_crop_jpeg(image, w, channels=3)
+
+    def other() -> tf.Tensor:
+        decoded = decode(image)
+        w = _crop_window(tf.shape(decoded), seed)
+        return decoded[w[0] : w[0] + w[2], w[1] : w[1] + w[3]]
+
+    cropped = tf.cond(tf.io.is_jpeg(image), jpeg, other)
+    cropped.set_shape([None, None, 3])
+    return cropped
+
+
+def random_resized_crop_flip(image: tf.Tensor, seed: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Train transform of the 224-px setting.
+
+    Args:
+        image: encoded image bytes (scalar string) or a uint8 [H, W, C] array.
+        seed: int [2] stateless seed of this example.
+        image_size: output side.
+
+    Returns:
+        float32 [image_size, image_size, 3], normalised.
+    """
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    image = _decode_and_random_crop(image, crop_seed)
+    image = _resize(image, [image_size, image_size])
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    return normalize(image)
+
+
+def resize_center_crop(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Eval transform of the 224-px setting: shorter side to 256/224 x size, centre crop."""
+    image = decode(image)
+    resize = round(image_size * 256 / 224)
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = resize / tf.reduce_min(shape)
+    new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), resize)
+    image = _resize(image, new)
+    top = (new[0] - image_size + 1) // 2
+    left = (new[1] - image_size + 1) // 2
+    image = image[top : top + image_size, left : left + image_size]
+    image.set_shape([image_size, image_size, 3])
+    return normalize(image)
+
+
+def _resize_to(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Decodes and resizes to [size, size] unless already that size; float32 [0, 255]."""
+    image = decode(image)
+    shape = tf.shape(image)
+    image = tf.cond(
+        tf.logical_and(tf.equal(shape[0], image_size), tf.equal(shape[1], image_size)),
+        lambda: tf.cast(image, tf.float32),
+        lambda: _resize(image, [image_size, image_size]),
+    )
+    image.set_shape([image_size, image_size, 3])
+    return image
+
+
+def pad_crop_flip(image: tf.Tensor, seed: tf.Tensor, image_size: int, pad: int = 4) -> tf.Tensor:
+    """Train transform of the 32-px setting: resize, zero-pad ``pad``, random crop, flip.
+
+    Args:
+        image: encoded image bytes (scalar string) or a uint8 [H, W, C] array.
+        seed: int [2] stateless seed of this example.
+        image_size: output side (the image is resized to it first if needed).
+        pad: zero padding on each side before the crop.
+
+    Returns:
+        float32 [image_size, image_size, 3], normalised.
+    """
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    image = _resize_to(image, image_size)
+    image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+    image = tf.image.stateless_random_crop(image, [image_size, image_size, 3], crop_seed)
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    return normalize(image)
+
+
+def resize_only(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Eval transform of the 32-px setting."""
+    return normalize(_resize_to(image, image_size))
+
+
+def train_transform(augmentation: str, image_size: int):
+    """Returns ``fn(image, seed) -> normalised float32 image`` for training."""
+    if augmentation == RESIZED_CROP:
+        return lambda image, seed: random_resized_crop_flip(image, seed, image_size)
+    if augmentation == PAD_CROP:
+        return lambda image, seed: pad_crop_flip(image, seed, image_size)
+    raise ValueError(f"Unknown augmentation {augmentation!r}; use one of {AUGMENTATIONS}.")
+
+
+def eval_transform(augmentation: str, image_size: int):
+    """Returns ``fn(image) -> normalised float32 image`` for validation and test."""
+    if augmentation == RESIZED_CROP:
+        return lambda image: resize_center_crop(image, image_size)
+    if augmentation == PAD_CROP:
+        return lambda image: resize_only(image, image_size)
+    raise ValueError(f"Unknown augmentation {augmentation!r}; use one of {AUGMENTATIONS}.")

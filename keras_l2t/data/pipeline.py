@@ -1,0 +1,75 @@
+"""Batched tf.data pipelines from (image, label) datasets: shuffle, augment, batch, prefetch."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from keras_l2t.data import augment
+
+AUTOTUNE = tf.data.AUTOTUNE
+# What a source's (x, label) elements hold in x.
+PATH = "path"  # a file path: read inside the parallel map
+ENCODED = "encoded"  # encoded image bytes
+ARRAY = "array"  # a uint8 [H, W] or [H, W, C] array
+
+
+def _load(x: tf.Tensor, kind: str) -> tf.Tensor:
+    return tf.io.read_file(x) if kind == PATH else x
+
+
+def build_pipeline(
+    ds: tf.data.Dataset,
+    *,
+    kind: str,
+    training: bool,
+    image_size: int,
+    augmentation: str,
+    batch_size: int,
+    seed: int = 0,
+    shuffle_buffer: int = 10_000,
+    drop_remainder: bool = False,
+    num_parallel_calls: int = AUTOTUNE,
+) -> tf.data.Dataset:
+    """Turns a dataset of (x, label) into batches of (float32 image, int32 label).
+
+    Training pipelines shuffle (reshuffled every epoch) and augment with per-example
+    stateless seeds drawn from ``seed``, so two pipelines with one seed give identical
+    batches, epoch after epoch. Evaluation pipelines keep the order and do not augment.
+
+    Args:
+        ds: elements (x, label); ``kind`` says what x is (PATH, ENCODED or ARRAY).
+        kind: PATH, ENCODED or ARRAY.
+        training: shuffle and augment when True.
+        image_size: output side.
+        augmentation: ``augment.RESIZED_CROP`` or ``augment.PAD_CROP``.
+        batch_size: examples per batch.
+        seed: shuffle and augmentation seed.
+        shuffle_buffer: shuffle buffer size (elements held before decoding).
+        drop_remainder: drop the last partial batch.
+        num_parallel_calls: parallelism of the decode/augment map.
+
+    Returns:
+        A prefetched, batched ``tf.data.Dataset``.
+    """
+    if kind not in (PATH, ENCODED, ARRAY):
+        raise ValueError(f"Unknown element kind {kind!r}.")
+    if training:
+        train_fn = augment.train_transform(augmentation, image_size)
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds))
+
+        def train_map(example, example_seed):
+            x, label = example
+            return train_fn(_load(x, kind), example_seed), tf.cast(label, tf.int32)
+
+        ds = ds.map(train_map, num_parallel_calls=num_parallel_calls, deterministic=True)
+    else:
+        eval_fn = augment.eval_transform(augmentation, image_size)
+
+        def eval_map(x, label):
+            return eval_fn(_load(x, kind)), tf.cast(label, tf.int32)
+
+        ds = ds.map(eval_map, num_parallel_calls=num_parallel_calls, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    return ds.prefetch(AUTOTUNE)
