@@ -83,15 +83,17 @@ def _keras_sgd_rule(optimizer: keras.optimizers.SGD,
     def step(values, buffers, gradients, learning_rate):
         new_values, new_buffers = [], []
         for value, gradient, buffer, decay in zip(values, gradients, buffers, decays):
+            # Keras casts its hyper-parameters to the variable's dtype (through float32).
             lr = ops.cast(learning_rate, value.dtype)
             if decay:
-                value = value - value * optimizer.weight_decay * lr
+                value = value - value * ops.cast(optimizer.weight_decay, value.dtype) * lr
             if optimizer.momentum == 0:
                 new_values.append(value - lr * gradient)
                 new_buffers.append(buffer)
                 continue
-            buffer = optimizer.momentum * buffer - lr * gradient
-            update = optimizer.momentum * buffer - lr * gradient if optimizer.nesterov else buffer
+            momentum = ops.cast(optimizer.momentum, value.dtype)
+            buffer = momentum * buffer - lr * gradient
+            update = momentum * buffer - lr * gradient if optimizer.nesterov else buffer
             new_values.append(value + update)
             new_buffers.append(buffer)
         return new_values, new_buffers

@@ -76,7 +76,8 @@ def list_image_folder(
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"Image folder {directory} does not exist (or is not a folder).")
     folders = sorted(
-        d for d in os.listdir(directory)
+        d
+        for d in os.listdir(directory)
         if not d.startswith(".") and os.path.isdir(os.path.join(directory, d))
     )
     if not folders:
@@ -188,9 +189,7 @@ class ImageFolderSource(Source):
         self._splits = {"train": (paths, labels)}
         test_path = os.path.join(root, test_dir)
         if train_path != root and os.path.isdir(test_path):
-            if tiny_imagenet_val and os.path.exists(
-                os.path.join(test_path, "val_annotations.txt")
-            ):
+            if tiny_imagenet_val and os.path.exists(os.path.join(test_path, "val_annotations.txt")):
                 test = read_tiny_imagenet_val(test_path, self.class_names, check_files=check_files)
             else:
                 test = list_image_folder(test_path, self.class_names, check_files=check_files)[:2]

@@ -81,7 +81,8 @@ def split_train_val(
 ) -> SplitIndices:
     """Carves a class-balanced validation set from a train split, then limits it.
 
-    Per class (examples ordered by key): a permutation from
+    Per class (examples ordered by key; a class with no example is skipped unless
+    ``samples_per_class`` asks for some): a permutation from
     ``np.random.default_rng([seed, class])``; its first ``round(val_fraction * n)``
     examples form the validation set, and the next ``samples_per_class`` (or all the
     rest) the training set.
@@ -122,8 +123,6 @@ def split_train_val(
         members = order[labels[order] == c]
         n = len(members)
         name = f"{c} ({class_names[c]!r})" if class_names is not None else str(c)
-        if n == 0:
-            raise ValueError(f"Class {name} has no image in the train split.")
         perm = members[np.random.default_rng([int(seed), int(c)]).permutation(n)]
         n_val = _num_val(n, val_fraction)
         rest = perm[n_val:]

@@ -114,9 +114,7 @@ class TfdsSource(Source):
             return
         except AssertionError as e:  # TFDS: "could not find data in <data_dir>"
             if not download:
-                raise DatasetNotPreparedError(
-                    prepare_instructions(self.name, self.data_dir)
-                ) from e
+                raise DatasetNotPreparedError(prepare_instructions(self.name, self.data_dir)) from e
         host = DOWNLOAD_HOSTS.get(self.name)
         if host:
             try:

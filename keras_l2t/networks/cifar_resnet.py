@@ -77,7 +77,8 @@ def basic_block(
     """torchvision's `BasicBlock`: conv3x3-BN-ReLU-conv3x3-BN, add shortcut, ReLU.
 
     The shortcut is the identity, or a 1x1 convolution (no bias) + BN when the
-    stride or the channel count changes.
+    stride or the channel count changes. Strided 3x3 convolutions pad one pixel on
+    every side as PyTorch does, so weights converted from the reference match exactly.
     """
     shortcut = x
     if stride != 1 or int(x.shape[-1]) != filters:
@@ -86,10 +87,14 @@ def basic_block(
             kernel_initializer=conv_initializer(), name=f"{prefix}_shortcut_conv",
         )(x)
         shortcut = batch_norm(f"{prefix}_shortcut_bn")(shortcut)
+    y = x
+    if stride != 1:
+        # PyTorch's symmetric padding=1; "same" would pad (0, 1) and shift the samples.
+        y = keras.layers.ZeroPadding2D(1, name=f"{prefix}_pad")(y)
     y = keras.layers.Conv2D(
-        filters, 3, strides=stride, padding="same", use_bias=False,
-        kernel_initializer=conv_initializer(), name=f"{prefix}_conv1",
-    )(x)
+        filters, 3, strides=stride, padding="same" if stride == 1 else "valid",
+        use_bias=False, kernel_initializer=conv_initializer(), name=f"{prefix}_conv1",
+    )(y)
     y = batch_norm(f"{prefix}_bn1")(y)
     y = keras.layers.Activation("relu", name=f"{prefix}_relu1")(y)
     y = keras.layers.Conv2D(

@@ -193,3 +193,15 @@ def test_unknown_network_is_a_clear_error():
         build_network("resnet19", 10)
     with pytest.raises(ValueError, match="Known networks"):
         default_taps("resnet19")
+
+
+def test_resnet32_strided_convs_pad_like_pytorch():
+    model = build_network("resnet32", 10)
+    for stage in (2, 3):
+        assert model.get_layer(f"stage{stage}_block1_pad").get_config()["padding"] == (
+            (1, 1),
+            (1, 1),
+        )
+        conv = model.get_layer(f"stage{stage}_block1_conv1").get_config()
+        assert (conv["strides"], conv["padding"]) == ((2, 2), "valid")
+    assert model.get_layer("stem_conv").get_config()["use_bias"]  # as the reference

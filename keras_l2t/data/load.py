@@ -1,0 +1,224 @@
+"""`load_dataset`: one named dataset -> batched train / val / test pipelines."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from keras_l2t.data import augment, catalog, splits
+from keras_l2t.data.pipeline import build_pipeline
+from keras_l2t.data.source import Source
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSplits:
+    """What `load_dataset` returns.
+
+    Attributes:
+        train: shuffled, augmented batches of (float32 [B, S, S, 3] normalised, int32 [B]).
+        val: validation batches (class-balanced carve of the official train split).
+        test: batches of the official test split; None when the dataset has none.
+        num_classes: number of classes (after any class subset).
+        class_names: names indexed by label.
+        image_size: S.
+        num_train, num_val, num_test: examples in each split.
+    """
+
+    train: tf.data.Dataset
+    val: tf.data.Dataset
+    test: tf.data.Dataset | None
+    num_classes: int
+    class_names: tuple[str, ...]
+    image_size: int
+    num_train: int
+    num_val: int
+    num_test: int
+
+
+def make_source(
+    name: str,
+    data_dir: str | None = None,
+    *,
+    download: bool = False,
+    check_files: bool = True,
+) -> Source:
+    """Builds the `Source` of a named dataset (see `catalog.DATASETS`).
+
+    Args:
+        name: dataset name or alias.
+        data_dir: TFDS data dir, image-folder root, or Fashion-MNIST idx folder.
+        download: allow TFDS / Keras downloads when the data is missing.
+        check_files: check the first bytes of every image of an image folder.
+
+    Returns:
+        A `Source`.
+    """
+    spec = catalog.get_spec(name)
+    if spec.source == catalog.TFDS:
+        from keras_l2t.data.tfds_source import TfdsSource
+
+        return TfdsSource(spec.tfds_name, data_dir=data_dir, download=download)
+    if spec.source == catalog.FASHION_MNIST:
+        from keras_l2t.data.fashion_mnist import FashionMnistSource
+
+        return FashionMnistSource(data_dir, download=download)
+    from keras_l2t.data.image_folder import ImageFolderSource
+
+    if not data_dir:
+        raise ValueError(
+            f"{spec.description}: pass data_dir, the folder laid out as "
+            "data_dir/train/<class>/*.jpg and data_dir/test/<class>/*.jpg (docs/data.md)."
+        )
+    test_dir = "val" if spec.tiny_imagenet_val else "test"
+    return ImageFolderSource(
+        data_dir,
+        test_dir=test_dir,
+        tiny_imagenet_val=spec.tiny_imagenet_val,
+        check_files=check_files,
+    )
+
+
+def _resolve_classes(
+    classes: Sequence[int | str] | None, class_names: Sequence[str]
+) -> list[int] | None:
+    if classes is None:
+        return None
+    resolved = []
+    for c in classes:
+        if isinstance(c, str):
+            if c not in class_names:
+                raise ValueError(f"Unknown class {c!r} in `classes`.")
+            resolved.append(list(class_names).index(c))
+        else:
+            resolved.append(int(c))
+    return resolved
+
+
+def load_dataset(
+    name: str,
+    *,
+    data_dir: str | None = None,
+    split_seed: int = 0,
+    val_fraction: float = 0.1,
+    samples_per_class: int | None = None,
+    classes: Sequence[int | str] | None = None,
+    train_indices: Sequence[int] | None = None,
+    image_size: int | None = None,
+    augmentation: str | None = None,
+    batch_size: int | None = None,
+    eval_batch_size: int | None = None,
+    shuffle_seed: int | None = None,
+    shuffle_buffer: int = 10_000,
+    drop_remainder: bool = False,
+    download: bool = False,
+    check_files: bool = True,
+    source: Source | None = None,
+) -> DataSplits:
+    """Loads a dataset of the paper as train / val / test tf.data pipelines.
+
+    Validation is a class-balanced ``val_fraction`` of the official train split, chosen
+    by ``split_seed`` (same seed, same split, on every machine); test is the official test
+    split. Train batches are shuffled and augmented, val/test batches are not
+    (METHOD.md: 224 px random resized crop + flip, eval resize 256 / centre crop 224;
+    32 px pad 4 + random crop + flip). Images are float32, normalised with the ImageNet
+    mean and std, RGB; labels are int32.
+
+    Args:
+        name: ``stanford_dogs``, ``cub200``, ``cifar100``, ``stl10``, ``mit_indoor67``,
+            ``stanford40``, ``tiny_imagenet``, ``fashion_mnist`` or ``image_folder``.
+        data_dir: TFDS data dir (TFDS datasets), the dataset folder (image folders), or
+            the idx folder (Fashion-MNIST; default /usr/share/datasets/fashion-mnist).
+        split_seed: seed of the validation carve and of ``samples_per_class``.
+        val_fraction: fraction of each class of the train split held out (0: no val).
+        samples_per_class: keep this many training images per class (limited data).
+        classes: keep only these classes (indices or names), relabelled 0..k-1 in this
+            order, in every split (class-split experiments).
+        train_indices: use only these positions of the official train split, in the
+            source's order (e.g. ``range(50_000)`` of Fashion-MNIST's 60,000), before
+            the validation carve.
+        image_size: output side; default 224 or 32 as in the paper.
+        augmentation: ``"resized_crop"`` or ``"pad_crop"``; default by ``image_size``.
+        batch_size: train batch; default 64 (224 px) or 128 (32 px).
+        eval_batch_size: val/test batch; default ``batch_size``.
+        shuffle_seed: seed of the train shuffle and augmentation; default ``split_seed``.
+        shuffle_buffer: train shuffle buffer.
+        drop_remainder: drop the last partial train batch.
+        download: allow downloading a missing TFDS dataset or Fashion-MNIST.
+        check_files: check every image file of an image folder when listing it.
+        source: a ready `Source` to use instead of building one from ``name``
+            (``name`` then only picks the defaults).
+
+    Returns:
+        A `DataSplits`.
+
+    Example:
+        >>> data = load_dataset("cub200", data_dir="/data/tfds", samples_per_class=10)
+        >>> images, labels = next(iter(data.train))   # [64, 224, 224, 3], [64]
+    """
+    spec = catalog.get_spec(name)
+    if source is None:
+        source = make_source(name, data_dir, download=download, check_files=check_files)
+    image_size = image_size or spec.image_size
+    augmentation = augmentation or augment.default_augmentation(image_size)
+    batch_size = batch_size or spec.batch_size
+    eval_batch_size = eval_batch_size or batch_size
+    shuffle_seed = split_seed if shuffle_seed is None else shuffle_seed
+
+    keys, labels = source.index("train")
+    positions = np.arange(len(keys))
+    if train_indices is not None:
+        positions = np.asarray(list(train_indices), dtype=np.int64)
+        if positions.size and (positions.min() < 0 or positions.max() >= len(keys)):
+            raise ValueError(
+                f"train_indices must lie in [0, {len(keys)}): the train split has "
+                f"{len(keys)} examples."
+            )
+    chosen = splits.split_train_val(
+        keys[positions],
+        labels[positions],
+        num_classes=source.num_classes,
+        val_fraction=val_fraction,
+        seed=split_seed,
+        samples_per_class=samples_per_class,
+        classes=_resolve_classes(classes, source.class_names),
+        class_names=source.class_names,
+    )
+    label_map = chosen.label_map
+    train_idx, val_idx = positions[chosen.train], positions[chosen.val]
+    kept = np.flatnonzero(label_map >= 0)
+    class_names = tuple(source.class_names[c] for c in kept[np.argsort(label_map[kept])])
+
+    def batched(split, idx, split_labels, training, batch):
+        ds = source.dataset(split, idx, label_map[split_labels[idx]])
+        return build_pipeline(
+            ds,
+            kind=source.kind,
+            training=training,
+            image_size=image_size,
+            augmentation=augmentation,
+            batch_size=batch,
+            seed=shuffle_seed,
+            shuffle_buffer=shuffle_buffer,
+            drop_remainder=drop_remainder and training,
+        )
+
+    test, num_test = None, 0
+    if source.has_test:
+        _, test_labels = source.index("test")
+        test_idx = splits.select_classes(test_labels, label_map)
+        test = batched("test", test_idx, test_labels, False, eval_batch_size)
+        num_test = len(test_idx)
+    return DataSplits(
+        train=batched("train", train_idx, labels, True, batch_size),
+        val=batched("train", val_idx, labels, False, eval_batch_size),
+        test=test,
+        num_classes=len(class_names),
+        class_names=class_names,
+        image_size=image_size,
+        num_train=len(train_idx),
+        num_val=len(val_idx),
+        num_test=num_test,
+    )

@@ -1,0 +1,78 @@
+"""The lookahead's pure update replays the real optimizer exactly."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_l2t
+from keras_l2t.update_rules import update_rule_for
+
+
+def _torch_sgd(p, grads, lr, momentum, wd, nesterov):
+    """torch.optim.SGD written out by hand: d = g + wd p; buf = m buf + d; p -= lr buf."""
+    buf = np.zeros_like(p)
+    for g in grads:
+        d = g + wd * p
+        buf = momentum * buf + d
+        p = p - lr * (d + momentum * buf if nesterov else buf)
+    return p, buf
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_coupled_sgd_is_torch_sgd(nesterov):
+    rng = np.random.default_rng(0)
+    p0 = rng.normal(size=(3, 2)).astype("float64")
+    grads = [rng.normal(size=(3, 2)) for _ in range(3)]
+    variable = keras.Variable(p0, dtype="float64")
+    # 0.125 is exact in float32, where Keras keeps the learning rate.
+    optimizer = keras_l2t.CoupledSGD(0.125, momentum=0.9, weight_decay=0.01, nesterov=nesterov)
+    for g in grads:
+        optimizer.apply([keras.ops.convert_to_tensor(g)], [variable])
+    expected, buf = _torch_sgd(p0, grads, 0.125, 0.9, 0.01, nesterov)
+    np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(optimizer.momentums[0].numpy(), buf, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda lr: keras_l2t.CoupledSGD(lr, momentum=0.9, weight_decay=1e-2),
+        lambda lr: keras_l2t.CoupledSGD(lr, momentum=0.5, weight_decay=0.0, nesterov=True),
+        lambda lr: keras.optimizers.SGD(lr, momentum=0.9, weight_decay=1e-2),
+        lambda lr: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True),
+        lambda lr: keras.optimizers.SGD(lr),
+    ],
+)
+def test_update_rule_replays_the_optimizer_with_its_buffers_and_schedule(make_optimizer):
+    rng = np.random.default_rng(1)
+    schedule = keras.optimizers.schedules.CosineDecay(0.3, decay_steps=5)
+    variables = [keras.Variable(rng.normal(size=s), dtype="float64") for s in [(4,), (2, 3)]]
+    optimizer = make_optimizer(schedule)
+    optimizer.build(variables)
+    rule = update_rule_for(optimizer, variables)
+    for _ in range(3):
+        grads = [keras.ops.convert_to_tensor(rng.normal(size=v.shape)) for v in variables]
+        values = [keras.ops.convert_to_tensor(v) for v in variables]
+        learning_rate = optimizer.learning_rate
+        expected, buffers = rule.step(values, rule.slots(variables), grads, learning_rate)
+        optimizer.apply(grads, variables)
+        for variable, value in zip(variables, expected):
+            np.testing.assert_allclose(variable.numpy(), keras.ops.convert_to_numpy(value),
+                                       rtol=1e-12)
+        for slot, buffer in zip(rule.slots(variables), buffers):
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(slot),
+                                       keras.ops.convert_to_numpy(buffer), rtol=1e-12)
+
+
+def test_unknown_optimizers_and_unreplicable_options_are_refused():
+    with pytest.raises(ValueError, match="CoupledSGD.*keras.optimizers.SGD, not Adam"):
+        update_rule_for(keras.optimizers.Adam(), [])
+    with pytest.raises(ValueError, match="clipnorm"):
+        update_rule_for(keras.optimizers.SGD(clipnorm=1.0), [])
+
+
+def test_coupled_sgd_config_round_trip():
+    optimizer = keras_l2t.CoupledSGD(0.05, momentum=0.8, weight_decay=5e-4, nesterov=True)
+    clone = keras_l2t.CoupledSGD.from_config(optimizer.get_config())
+    assert (clone.momentum, clone.coupled_weight_decay, clone.nesterov) == (0.8, 5e-4, True)
+    assert clone.weight_decay is None  # Keras' own decoupled decay stays off
