@@ -240,9 +240,7 @@ def _load_imagenet_source(
 ) -> keras.Model:
     spec = _imagenet_spec(source)
     path = (
-        _download(source, spec, include_top, cache_dir)
-        if weights is None
-        else _existing(weights)
+        _download(source, spec, include_top, cache_dir) if weights is None else _existing(weights)
     )
     model = _build_imagenet_source(source, spec, input_shape, include_top)
     if path.endswith((".weights.h5", ".keras")):

@@ -197,9 +197,7 @@ class TransferModel(keras.Model):
         """
         if not self.pairs:
             return []
-        source_maps = self._source_taps(x, training=False)
-        if not isinstance(source_maps, list | tuple):
-            source_maps = [source_maps]
+        source_maps = _as_list(self._source_taps(x, training=False))
         target_shapes = self._target_taps.outputs[1:]
         prepared = []
         for s, t in zip(self._pair_source_index, self._pair_target_index):
@@ -243,15 +241,16 @@ class TransferModel(keras.Model):
             (logits, list of adapted target maps, one per pair).
         """
         if theta is None:
-            logits, *maps = self._target_taps(x, training=True)
+            outputs = self._target_taps(x, training=True)
             adapter_weights = [None] * len(self.adapters)
         else:
             count = len(self._target_taps.trainable_variables)
-            (logits, *maps), _ = self._target_taps.stateless_call(
+            outputs, _ = self._target_taps.stateless_call(
                 theta[:count], non_trainable, x, training=True
             )
             adapter_weights = [theta[count + 2 * i: count + 2 * i + 2]
                                for i in range(len(self.adapters))]
+        logits, *maps = _as_list(outputs)
         if not with_adapters:
             return logits, []
         adapted = []
@@ -352,6 +351,11 @@ class TransferModel(keras.Model):
         for key in ("source", "target"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+def _as_list(outputs) -> list:
+    """A functional model with one output returns a tensor, not a one-element list."""
+    return list(outputs) if isinstance(outputs, list | tuple) else [outputs]
 
 
 def _unpack(data):

@@ -88,29 +88,31 @@ class TfdsSource(Source):
         self.data_dir = data_dir
         self._builder = tfds.builder(name, data_dir=data_dir)
         self._split_names = dict(zip(("train", "test"), splits, strict=True))
-        self._ensure_prepared(download)
         features = self._builder.info.features
         self.class_names = tuple(features["label"].names)
         self._key = next((k for k in KEY_FEATURES if k in features), None)
+        self._ensure_prepared(download)
         self._index_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-    def _as_dataset(self, split: str, with_image: bool) -> tf.data.Dataset:
-        wanted = {"label": True}
+    def _as_dataset(self, split: str) -> tf.data.Dataset:
+        """Examples with label, key feature and the image still encoded.
+
+        The index pass reads the same features as the image pass (the image bytes cost
+        a copy, not a decode), so both see identical examples even under TFDS mocks.
+        """
+        wanted = {"label": True, "image": True}
         if self._key:
             wanted[self._key] = True
-        decoders = None
-        if with_image:
-            wanted["image"] = True
-            decoders = {"image": tfds.decode.SkipDecoding()}
+        decoders = tfds.decode.PartialDecoding(
+            wanted, decoders={"image": tfds.decode.SkipDecoding()}
+        )
         return self._builder.as_dataset(
-            split=self._split_names[split],
-            shuffle_files=False,
-            decoders=tfds.decode.PartialDecoding(wanted, decoders=decoders),
+            split=self._split_names[split], shuffle_files=False, decoders=decoders
         )
 
     def _ensure_prepared(self, download: bool) -> None:
         try:
-            self._as_dataset("train", with_image=False)
+            self._as_dataset("train")
             return
         except AssertionError as e:  # TFDS: "could not find data in <data_dir>"
             if not download:
@@ -135,7 +137,7 @@ class TfdsSource(Source):
 
     def index(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         if split not in self._index_cache:
-            ds = self._keyed(self._as_dataset(split, with_image=False))
+            ds = self._keyed(self._as_dataset(split))
             ds = ds.map(lambda ex: (ex["key"], ex["label"])).batch(8192)
             keys, labels = [np.zeros([0], object)], [np.zeros([0], np.int64)]
             for k, y in ds.as_numpy_iterator():
@@ -147,13 +149,15 @@ class TfdsSource(Source):
 
     def dataset(self, split: str, indices: np.ndarray, labels: np.ndarray) -> tf.data.Dataset:
         keys = self.index(split)[0][indices]
+        ds = self._keyed(self._as_dataset(split))
+        if len(keys) == 0:
+            return ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int64))).take(0)
         table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
                 tf.constant(keys, tf.string), tf.constant(labels, tf.int64)
             ),
             default_value=tf.constant(-1, tf.int64),
         )
-        ds = self._keyed(self._as_dataset(split, with_image=True))
         ds = ds.map(lambda ex: (ex["image"], table.lookup(ex["key"])))
         ds = ds.filter(lambda image, label: label >= 0)
         return ds.apply(tf.data.experimental.assert_cardinality(len(keys)))

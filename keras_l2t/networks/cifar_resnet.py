@@ -52,7 +52,10 @@ def resnet32(
     """
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = keras.layers.Conv2D(
-        STAGE_FILTERS[0], 3, padding="same", kernel_initializer=conv_initializer(),
+        STAGE_FILTERS[0],
+        3,
+        padding="same",
+        kernel_initializer=conv_initializer(),
         name="stem_conv",
     )(inputs)
     x = batch_norm("stem_bn")(x)
@@ -83,8 +86,12 @@ def basic_block(
     shortcut = x
     if stride != 1 or int(x.shape[-1]) != filters:
         shortcut = keras.layers.Conv2D(
-            filters, 1, strides=stride, use_bias=False,
-            kernel_initializer=conv_initializer(), name=f"{prefix}_shortcut_conv",
+            filters,
+            1,
+            strides=stride,
+            use_bias=False,
+            kernel_initializer=conv_initializer(),
+            name=f"{prefix}_shortcut_conv",
         )(x)
         shortcut = batch_norm(f"{prefix}_shortcut_bn")(shortcut)
     y = x
@@ -92,14 +99,23 @@ def basic_block(
         # PyTorch's symmetric padding=1; "same" would pad (0, 1) and shift the samples.
         y = keras.layers.ZeroPadding2D(1, name=f"{prefix}_pad")(y)
     y = keras.layers.Conv2D(
-        filters, 3, strides=stride, padding="same" if stride == 1 else "valid",
-        use_bias=False, kernel_initializer=conv_initializer(), name=f"{prefix}_conv1",
+        filters,
+        3,
+        strides=stride,
+        padding="same" if stride == 1 else "valid",
+        use_bias=False,
+        kernel_initializer=conv_initializer(),
+        name=f"{prefix}_conv1",
     )(y)
     y = batch_norm(f"{prefix}_bn1")(y)
     y = keras.layers.Activation("relu", name=f"{prefix}_relu1")(y)
     y = keras.layers.Conv2D(
-        filters, 3, padding="same", use_bias=False,
-        kernel_initializer=conv_initializer(), name=f"{prefix}_conv2",
+        filters,
+        3,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=conv_initializer(),
+        name=f"{prefix}_conv2",
     )(y)
     y = batch_norm(f"{prefix}_bn2")(y)
     y = keras.layers.Add(name=f"{prefix}_add")([shortcut, y])

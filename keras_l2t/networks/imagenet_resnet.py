@@ -100,10 +100,8 @@ def _imagenet_resnet(
         block_type="basic_block",
     )
     # keras-cv names stage outputs "v2_stack_{i}_block{n}_out"; give them stable names.
-    for stage, num_blocks in enumerate(blocks):
-        backbone.get_layer(f"v2_stack_{stage}_block{num_blocks}_out").name = (
-            IMAGENET_RESNET_TAPS[stage]
-        )
+    for stage, (num_blocks, tap) in enumerate(zip(blocks, IMAGENET_RESNET_TAPS)):
+        backbone.get_layer(f"v2_stack_{stage}_block{num_blocks}_out").name = tap
     _torch_style_init(backbone)
     logits = classification_head(backbone.output, num_classes)
     # Built on the backbone's own input tensor, so its layers are top-level layers.

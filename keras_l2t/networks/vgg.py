@@ -59,7 +59,10 @@ def vgg9(
             index += 1
             last = position == len(widths) - 1
             x = keras.layers.Conv2D(
-                width, 3, padding="same", kernel_initializer=conv_initializer(),
+                width,
+                3,
+                padding="same",
+                kernel_initializer=conv_initializer(),
                 name=f"conv{index}",
             )(x)
             x = batch_norm(f"bn{index}")(x)

@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 from keras_l2t.networks import build_network
-from keras_l2t.source_pretraining import CoupledWeightDecaySGD, pretrain_source, step_decay
+from keras_l2t.optimizers import CoupledSGD
+from keras_l2t.source_pretraining import pretrain_source, step_decay
 from keras_l2t.sources import load_source, source_taps
 
 
@@ -21,24 +22,6 @@ def test_step_decay_milestones():
     assert rates[150] == rates[199] == pytest.approx(0.001)
     assert [step_decay(e, 2) for e in range(2)] == pytest.approx([0.1, 0.01])
     assert step_decay(0, 1) == pytest.approx(0.1)
-
-
-def test_coupled_weight_decay_sgd_is_torch_sgd():
-    # torch.optim.SGD(lr, momentum=0.9, weight_decay=wd):
-    #   g = grad + wd * p; buf = 0.9 * buf + g (buf = g at step 1); p -= lr * buf
-    wd, lrs = 0.01, [0.125, 0.125, 0.015625]  # exact in the float32 learning-rate variable
-    grads = [np.array([1.0, -2.0]), np.array([0.5, 0.5]), np.array([-1.0, 3.0])]
-    variable = keras.Variable(np.array([1.0, 2.0]), dtype="float64")
-    optimizer = CoupledWeightDecaySGD(learning_rate=lrs[0], momentum=0.9, coupled_weight_decay=wd)
-    p, buf = np.array([1.0, 2.0]), np.zeros(2)
-    for lr, grad in zip(lrs, grads, strict=True):
-        optimizer.learning_rate = lr
-        optimizer.apply_gradients([(tf.constant(grad), variable)])
-        buf = 0.9 * buf + grad + wd * p
-        p = p - lr * buf
-    np.testing.assert_allclose(variable.numpy(), p, rtol=1e-6)  # float32 momentum buffers
-    restored = CoupledWeightDecaySGD.from_config(optimizer.get_config())
-    assert restored.coupled_weight_decay == wd
 
 
 def test_pretrain_tiny_resnet32_then_load_as_source(tmp_path):
@@ -59,8 +42,11 @@ def test_pretrain_tiny_resnet32_then_load_as_source(tmp_path):
     assert [float(r["learning_rate"]) for r in rows] == pytest.approx([0.1, 0.01])
     assert "val_accuracy" in rows[0]
 
-    # The full file (with its optimizer) also loads, the optimizer being registered.
-    assert isinstance(keras.saving.load_model(path).optimizer, CoupledWeightDecaySGD)
+    # PyTorch-semantics SGD with the recipe's hyper-parameters; the full file (with
+    # its optimizer) also loads, the optimizer being registered.
+    optimizer = keras.saving.load_model(path).optimizer
+    assert isinstance(optimizer, CoupledSGD)
+    assert (optimizer.momentum, optimizer.coupled_weight_decay) == (0.9, 1e-4)
     source = load_source(path)
     assert not source.trainable and not source.trainable_weights
     assert source_taps(source) == ["stage1_out", "stage2_out", "stage3_out"]

@@ -90,8 +90,12 @@ def test_local_keras_imagenet_file(tmp_path, include_top, input_shape):
     assert sources.source_taps(source) == sources.source_taps("resnet50_imagenet")
     size = (input_shape or (224, 224, 3))[0] // 4
     shapes = [tuple(source.get_layer(t).output.shape)[1:] for t in sources.source_taps(source)]
-    assert shapes == [(size, size, 256), (size // 2,) * 2 + (512,),
-                      (size // 4,) * 2 + (1024,), (size // 8,) * 2 + (2048,)]
+    assert shapes == [
+        (size, size, 256),
+        (size // 2,) * 2 + (512,),
+        (size // 4,) * 2 + (1024,),
+        (size // 8,) * 2 + (2048,),
+    ]
     if include_top:
         assert tuple(source.output.shape) == (None, 1000)
         np.testing.assert_array_equal(

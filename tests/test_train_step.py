@@ -1,0 +1,116 @@
+"""One train_step: what persists (real step, phi update) and what must not (the lookahead)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from toy_networks import toy_batch, toy_transfer_model
+
+import keras_l2t
+
+
+def _compile(model, **kwargs):
+    model.compile(
+        optimizer=keras_l2t.CoupledSGD(0.1, momentum=0.9, weight_decay=1e-4),
+        meta_optimizer=keras.optimizers.Adam(1e-2),
+        metrics=["accuracy"],
+        **kwargs,
+    )
+    return model
+
+
+def _real_step_only(model, x, y):
+    """The real step written out with a plain tape: theta moves, phi does not."""
+    pair_inputs = model.pair_inputs(x)
+    channel_weights, pair_weights = model.pair_weights(pair_inputs)
+    with tf.GradientTape() as tape:
+        logits, adapted = model.student_forward(x)
+        ce, matching = model.per_example_losses(
+            y, logits, adapted, pair_inputs, channel_weights, pair_weights
+        )
+        loss = tf.reduce_mean(ce + matching)
+    grads = tape.gradient(loss, model.theta_variables)
+    model.optimizer.apply(grads, model.theta_variables)
+
+
+def test_after_a_step_only_the_real_step_and_the_meta_update_persist():
+    x, y = toy_batch(n=8, seed=2)
+    full, reference = _compile(toy_transfer_model(seed=3)), _compile(toy_transfer_model(seed=3))
+    full.set_weights(reference.get_weights())
+    phi_before = [v.numpy() for v in full.phi_variables]
+    for _ in range(2):  # the second step's lookahead starts from real momentum buffers
+        for a, b in zip(reference.phi_variables, full.phi_variables):
+            a.assign(b)  # the real step uses phi as the previous meta step left it
+        full.train_on_batch(x, y)
+        _real_step_only(reference, x, y)
+
+    def state(model):
+        return (
+            [v.numpy() for v in model.theta_variables]
+            + [v.numpy() for v in model.target_non_trainable_variables]  # BN statistics
+            + [v.numpy() for v in model.optimizer.momentums]
+            + [model.optimizer.iterations.numpy()]
+        )
+
+    for a, b in zip(state(full), state(reference)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    moved = [not np.allclose(v.numpy(), b) for v, b in zip(full.phi_variables, phi_before)]
+    assert all(moved)
+    assert full.meta_optimizer.iterations.numpy() == 2
+
+
+def _count_calls(layer):
+    calls = []
+    original = layer.call
+
+    def counting_call(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    layer.call = counting_call
+    return calls
+
+
+@pytest.mark.parametrize("method, target_forwards", [("l2t_ww", 2 + 3), ("fm", 1), ("scratch", 1)])
+def test_source_runs_once_per_batch_and_only_meta_methods_look_ahead(method, target_forwards):
+    model = _compile(toy_transfer_model(method, lookahead_steps=2), run_eagerly=True)
+    source_calls = _count_calls(model.source.get_layer("src_conv0"))
+    target_calls = _count_calls(model.target.get_layer("tgt_conv0"))
+    x, y = toy_batch(n=8)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)  # two batches
+    assert len(source_calls) == (2 if method != "scratch" else 0)
+    # Real step, then T matching steps, one cross-entropy step and the meta objective.
+    assert len(target_calls) == 2 * target_forwards
+
+
+def test_fit_reports_every_metric_and_validation():
+    model = _compile(toy_transfer_model())
+    x, y = toy_batch(n=8)
+    history = model.fit(x, y, batch_size=4, epochs=2, validation_data=(x, y), verbose=0).history
+    expected = {"loss", "ce", "matching_loss", "meta_ce", "accuracy", "val_loss", "val_accuracy"}
+    expected |= {f"lambda_{i}" for i in range(4)} | {f"entropy_{i}" for i in range(4)}
+    assert set(history) == expected
+    channels = [3, 3, 4, 4]
+    for i, c in enumerate(channels):
+        assert 0 < history[f"entropy_{i}"][-1] <= np.log(c) + 1e-6
+        assert 0 <= history[f"lambda_{i}"][-1] <= 6
+    np.testing.assert_allclose(history["loss"][0], history["ce"][0] + history["matching_loss"][0],
+                               rtol=1e-5)
+
+
+def test_fm_equals_l2t_ww_with_frozen_meta_networks_and_unit_pair_weights():
+    """With a zero meta learning rate, no L2 on phi and lambda forced to 1, the real step of
+    l2t_ww is the fm step (uniform channel weights at initialisation)."""
+    x, y = toy_batch(n=8, seed=6)
+    fm = _compile(toy_transfer_model("fm", seed=7))
+    ww = toy_transfer_model("l2t_ww", seed=7, meta_weight_decay=0.0)
+    ww.compile(optimizer=keras_l2t.CoupledSGD(0.1), meta_optimizer=keras.optimizers.SGD(0.0))
+    for network in ww.pair_weight_networks:  # lambda = relu6(0 * x + 1) = 1
+        network.kernel.assign(np.zeros(network.kernel.shape))
+    fm_weights = {v.path: v for v in fm.weights}
+    for v in ww.theta_variables + ww.target_non_trainable_variables:
+        v.assign(fm_weights[v.path].numpy())
+    fm.train_on_batch(x, y)
+    ww.train_on_batch(x, y)
+    for a, b in zip(fm.theta_variables, ww.theta_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
