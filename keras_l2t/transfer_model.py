@@ -185,6 +185,18 @@ class TransferModel(keras.Model):
         if self.phi_variables:
             self.meta_optimizer.build(self.phi_variables)
 
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config is not None:
+            config["meta_optimizer"] = keras.saving.serialize_keras_object(self.meta_optimizer)
+        return config
+
+    def compile_from_config(self, config):
+        """Recompiles a loaded model. The meta-optimizer's configuration is restored, not
+        its state: a `.keras` file holds one optimizer's variables (resume from a
+        checkpoint to keep both)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+
     # ------------------------------------------------------------------- forward
     def call(self, inputs, training=None):
         return self.target(inputs, training=training)

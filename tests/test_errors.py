@@ -1,0 +1,77 @@
+"""Bad input fails before training, with a message that says what to do."""
+
+import keras
+import pytest
+from toy_networks import conv_net, toy_transfer_model
+
+import keras_l2t
+
+
+@pytest.fixture
+def networks():
+    return conv_net("src", [3, 4], 5), conv_net("tgt", [2, 3], 3)
+
+
+def test_unknown_layer_name_lists_the_valid_ones(networks):
+    source, target = networks
+    with pytest.raises(ValueError, match=r"no layer named 'tgt_block9'.*'tgt_block0'"):
+        keras_l2t.TransferModel(source, target, pairs=[("src_block0", "tgt_block9")])
+
+
+def test_pair_layer_that_is_not_a_feature_map(networks):
+    source, target = networks
+    with pytest.raises(ValueError, match=r"'tgt_head'.*\(None, 3\), not a 4-D feature map"):
+        keras_l2t.TransferModel(source, target, pairs=[("src_block0", "tgt_head")])
+
+
+def test_target_without_a_classification_output(networks):
+    source, _ = networks
+    inputs = keras.Input((8, 8, 3))
+    maps = keras.layers.Conv2D(2, 3, name="t_conv")(inputs)
+    with pytest.raises(ValueError, match="classification head.*GlobalAveragePooling2D"):
+        keras_l2t.TransferModel(source, keras.Model(inputs, maps), pairs=[("src_block0", "t_conv")])
+
+
+def test_source_that_is_not_built(networks):
+    _, target = networks
+
+    class Source(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(ValueError, match="source model 'source' is not built"):
+        keras_l2t.TransferModel(Source(name="source"), target, pairs=[("a", "tgt_block0")])
+
+
+def test_subclassed_source_cannot_be_tapped(networks):
+    _, target = networks
+
+    class Source(keras.Model):
+        def __init__(self):
+            super().__init__(name="sub")
+            self.conv = keras.layers.Conv2D(2, 3)
+
+        def call(self, x):
+            return self.conv(x)
+
+    source = Source()
+    source(keras.ops.ones((1, 8, 8, 3)))
+    with pytest.raises(ValueError, match="not a built functional.*functional API"):
+        keras_l2t.TransferModel(source, target, pairs=[("conv2d", "tgt_block0")])
+
+
+def test_bad_method_pairs_and_compile_arguments(networks):
+    source, target = networks
+    with pytest.raises(ValueError, match=r"Unknown method 'l2t'.*'l2t_ww'"):
+        keras_l2t.TransferModel(source, target, method="l2t")
+    with pytest.raises(ValueError, match="pairs='all' needs source_layers"):
+        keras_l2t.TransferModel(source, target, pairs="all")
+    with pytest.raises(ValueError, match="one_to_one' needs as many"):
+        keras_l2t.TransferModel(source, target, pairs="one_to_one",
+                                source_layers=["src_block0"],
+                                target_layers=["tgt_block0", "tgt_block1"])
+    model = toy_transfer_model()
+    with pytest.raises(ValueError, match="do not pass loss="):
+        model.compile(loss="mse")
+    with pytest.raises(ValueError, match="knows the rule of .*not RMSprop"):
+        model.compile(optimizer="rmsprop")

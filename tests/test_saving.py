@@ -1,0 +1,63 @@
+"""Round trips: the whole TransferModel through .keras, the target through SavedModel."""
+
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+from toy_networks import toy_batch, toy_transfer_model
+
+import keras_l2t
+
+
+def _trained_model():
+    model = toy_transfer_model()
+    model.compile(meta_optimizer=keras.optimizers.Adam(1e-2), metrics=["accuracy"])
+    x, y = toy_batch(n=8)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    return model, x
+
+
+def test_transfer_model_round_trips_through_a_keras_file(tmp_path):
+    model, x = _trained_model()
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, keras_l2t.TransferModel)
+    assert loaded.pairs == model.pairs and loaded.method.name == "l2t_ww"
+    assert loaded.get_config()["pair_weight_activation"] == "relu6"
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-6)
+    for a, b in zip(model.phi_variables + model.theta_variables,
+                    loaded.phi_variables + loaded.theta_variables):
+        assert a.path == b.path
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for a, b in zip(model.optimizer.momentums, loaded.optimizer.momentums):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())  # theta optimizer state too
+    assert loaded.meta_optimizer.learning_rate.numpy() == np.float32(1e-2)
+    assert keras_l2t.is_batch_norm_exact(loaded.target)
+    loaded.fit(x, np.zeros(8, "int32"), batch_size=4, epochs=1, verbose=0)  # still trains
+
+
+def test_exported_target_serves_in_a_process_without_keras_l2t(tmp_path):
+    model, x = _trained_model()
+    model.export(tmp_path / "served", verbose=False)
+    model.target.save(tmp_path / "target.keras")
+    np.save(tmp_path / "x.npy", x)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["keras_l2t"] = None  # importing it would fail: prove it is not needed
+        import numpy as np, tensorflow as tf, keras
+        x = np.load({str(tmp_path / "x.npy")!r})
+        served = tf.saved_model.load({str(tmp_path / "served")!r})
+        np.save({str(tmp_path / "served.npy")!r}, served.serve(tf.constant(x)).numpy())
+        target = keras.models.load_model({str(tmp_path / "target.keras")!r})
+        np.save({str(tmp_path / "keras.npy")!r}, target.predict(x, verbose=0))
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    expected = model.predict(x, verbose=0)
+    np.testing.assert_allclose(np.load(tmp_path / "served.npy"), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "keras.npy"), expected, rtol=1e-5, atol=1e-6)
