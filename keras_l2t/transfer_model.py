@@ -125,11 +125,14 @@ class TransferModel(keras.Model):
         self.ce_tracker = keras.metrics.Mean(name="ce")
         self.matching_tracker = keras.metrics.Mean(name="matching_loss")
         self.meta_tracker = keras.metrics.Mean(name="meta_ce") if self.method.meta_learned else None
+        # Zero-padded pair indices, so logs list pairs in order: lambda_00, lambda_01, ...
+        digits = len(str(max(len(self.pairs) - 1, 0)))
         self.pair_weight_trackers = [
-            keras.metrics.Mean(name=f"lambda_{i}") for i in range(len(self.pair_weight_networks))
+            keras.metrics.Mean(name=f"lambda_{i:0{digits}d}")
+            for i in range(len(self.pair_weight_networks))
         ]
         self.entropy_trackers = [
-            keras.metrics.Mean(name=f"entropy_{i}")
+            keras.metrics.Mean(name=f"entropy_{i:0{digits}d}")
             for i in range(len(self.channel_weight_networks))
         ]
         self.built = True

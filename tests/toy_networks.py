@@ -24,7 +24,9 @@ def conv_net(name: str, widths, classes: int, size: int = 8, batch_norm: bool = 
     return keras.Model(inputs, outputs, name=name)
 
 
-def toy_transfer_model(method: str = "l2t_ww", seed: int = 0, size: int = 8, **kwargs) -> keras_l2t.TransferModel:
+def toy_transfer_model(
+    method: str = "l2t_ww", seed: int = 0, size: int = 8, **kwargs
+) -> keras_l2t.TransferModel:
     """A source with 2 blocks (3, 4 channels), a target with 2 blocks (2, 3 channels)."""
     keras.utils.set_random_seed(seed)
     source = conv_net("src", [3, 4], 5, size=size)

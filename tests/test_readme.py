@@ -1,0 +1,23 @@
+"""The README's Python example runs as written."""
+
+import os
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) == 1, "the README should have exactly one Python example"
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(blocks[0], str(README), "exec"), namespace)
+    assert namespace["logits"].shape == (4, 10)
+    assert os.path.exists(tmp_path / "target_saved_model" / "saved_model.pb")
+
+
+def test_ci_runs_the_readme_test_command():
+    command = re.search(r"```bash\n(python3 -m venv.*pytest)\n```", README.read_text()).group(1)
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert command in ci
