@@ -96,8 +96,7 @@ def train_step(model, x, y):
         Per-example cross-entropy, per-example matching loss, the logits of the real
         step, the pair inputs and pair weights used, and the meta objective (or None).
     """
-    dtype = model.target.outputs[0].dtype
-    batch = global_batch_size(x, dtype)
+    batch = global_batch_size(x, model.loss_dtype)
     pair_inputs = model.pair_inputs(x)  # the only source forward of this batch
     learning_rate = tf.convert_to_tensor(model.optimizer.learning_rate)  # before the step
     channel_weights, pair_weights = model.pair_weights(pair_inputs)

@@ -79,6 +79,11 @@ class TransferModel(keras.Model):
         self.method = get_method(method)
         _check_source(source)
         self.from_logits = _check_target(target)
+        _check_precision(target)
+        # Losses, adapters and meta-networks run at the target variables' precision, even
+        # when the networks compute in bfloat16.
+        variables = target.trainable_variables
+        self.loss_dtype = variables[0].dtype if variables else keras.config.floatx()
         if lookahead_steps < 1:
             raise ValueError(f"lookahead_steps must be >= 1, got {lookahead_steps}.")
         self.pairs = (
@@ -110,15 +115,17 @@ class TransferModel(keras.Model):
         self.adapters, self.channel_weight_networks, self.pair_weight_networks = [], [], []
         for i, (s, t) in enumerate(zip(self._pair_source_index, self._pair_target_index)):
             channels = source_shapes[s][-1]
-            adapter = FeatureAdapter(channels, name=f"adapter_{i}")
+            adapter = FeatureAdapter(channels, name=f"adapter_{i}", dtype=self.loss_dtype)
             adapter.build(target_shapes[t])
             self.adapters.append(adapter)
             if self.method.learns_channel_weights:
-                network = ChannelWeights(name=f"channel_weights_{i}")
+                network = ChannelWeights(name=f"channel_weights_{i}", dtype=self.loss_dtype)
                 network.build((None, channels))
                 self.channel_weight_networks.append(network)
             if self.method.learns_pair_weights:
-                network = PairWeight(pair_weight_activation, name=f"pair_weight_{i}")
+                network = PairWeight(
+                    pair_weight_activation, name=f"pair_weight_{i}", dtype=self.loss_dtype
+                )
                 network.build((None, channels))
                 self.pair_weight_networks.append(network)
 
@@ -216,7 +223,7 @@ class TransferModel(keras.Model):
         target_shapes = self._target_taps.outputs[1:]
         prepared = []
         for s, t in zip(self._pair_source_index, self._pair_target_index):
-            source_map = ops.stop_gradient(source_maps[s])
+            source_map = ops.cast(ops.stop_gradient(source_maps[s]), self.loss_dtype)
             prepared.append(
                 (losses.resize_to(source_map, target_shapes[t]), ops.mean(source_map, axis=(1, 2)))
             )
@@ -266,6 +273,7 @@ class TransferModel(keras.Model):
             adapter_weights = [theta[count + 2 * i: count + 2 * i + 2]
                                for i in range(len(self.adapters))]
         logits, *maps = _as_list(outputs)
+        logits = ops.cast(logits, self.loss_dtype)
         if not with_adapters:
             return logits, []
         adapted = []
@@ -329,7 +337,7 @@ class TransferModel(keras.Model):
         if not self.compiled:
             raise ValueError("Call compile() first: the lookahead replays the optimizer.")
         x = ops.convert_to_tensor(x)
-        batch = tensorflow_step.global_batch_size(x, self.target.outputs[0].dtype)
+        batch = tensorflow_step.global_batch_size(x, self.loss_dtype)
         return tensorflow_step.meta_gradient(
             self, x, ops.convert_to_tensor(y), self.pair_inputs(x),
             ops.convert_to_tensor(self.optimizer.learning_rate), batch, second_order,
@@ -390,6 +398,21 @@ def _check_source(source) -> None:
             f"The source model '{source.name}' is not built: it has no weights yet. Load "
             "the pretrained model (or build it on an input shape) before passing it."
         )
+
+
+def _check_precision(target) -> None:
+    """Refuses float16 targets: their gradients need loss scaling, and the second-order
+    meta-gradient would underflow silently. bfloat16 (mixed_bfloat16) is accepted."""
+    for layer in target._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if layer.dtype_policy.compute_dtype == "float16":
+            raise ValueError(
+                f"Target layer '{layer.name}' computes in float16 (policy "
+                f"'{layer.dtype_policy.name}'). float16 gradients need loss scaling, which the "
+                "second-order L2T-ww meta-gradient cannot get exactly; build the target under "
+                "'mixed_bfloat16' or 'float32' instead (a float16 source is fine)."
+            )
 
 
 def _check_target(target) -> bool:

@@ -13,9 +13,9 @@ from keras_l2t.update_rules import update_rule_for
 
 @pytest.fixture
 def float64():
-    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
     yield
-    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
 
 
 def _compiled_model(lookahead_steps):
@@ -58,6 +58,7 @@ def test_meta_gradient_matches_finite_differences_through_batch_norm(float64, lo
     model = _compiled_model(lookahead_steps)
     x, y = toy_batch(n=6, seed=3, dtype="float64")
     model.train_on_batch(x, y)  # non-zero momentum buffers, moved BN statistics
+    assert {v.dtype for v in model.theta_variables + model.phi_variables} == {"float64"}
     _, analytic = model.meta_gradient(x, y)
     analytic = [g.numpy() for g in analytic]
     numeric = _finite_difference(model, x, y)
