@@ -56,9 +56,9 @@ def normalize(image: tf.Tensor) -> tf.Tensor:
     return (image - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
 
 
-def _resize(image: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
-    """Bilinear resize with antialiasing, float32 in [0, 255] out."""
-    return tf.image.resize(image, size, method="bilinear", antialias=True)
+def _resize(image: tf.Tensor, size: tf.Tensor, antialias: bool = True) -> tf.Tensor:
+    """Bilinear resize (antialiased when downsizing, like PIL), float32 in [0, 255] out."""
+    return tf.image.resize(image, size, method="bilinear", antialias=antialias)
 
 
 def _crop_window(shape: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -97,32 +97,35 @@ def _decode_and_random_crop(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return cropped
 
 
-def random_resized_crop_flip(image: tf.Tensor, seed: tf.Tensor, image_size: int) -> tf.Tensor:
+def random_resized_crop_flip(
+    image: tf.Tensor, seed: tf.Tensor, image_size: int, antialias: bool = True
+) -> tf.Tensor:
     """Train transform of the 224-px setting.
 
     Args:
         image: encoded image bytes (scalar string) or a uint8 [H, W, C] array.
         seed: int [2] stateless seed of this example.
         image_size: output side.
+        antialias: antialiased resize (as PIL does); False is about 1.6x faster.
 
     Returns:
         float32 [image_size, image_size, 3], normalised.
     """
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     image = _decode_and_random_crop(image, crop_seed)
-    image = _resize(image, [image_size, image_size])
+    image = _resize(image, [image_size, image_size], antialias)
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     return normalize(image)
 
 
-def resize_center_crop(image: tf.Tensor, image_size: int) -> tf.Tensor:
+def resize_center_crop(image: tf.Tensor, image_size: int, antialias: bool = True) -> tf.Tensor:
     """Eval transform of the 224-px setting: shorter side to 256/224 x size, centre crop."""
     image = decode(image)
     resize = round(image_size * 256 / 224)
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = resize / tf.reduce_min(shape)
     new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), resize)
-    image = _resize(image, new)
+    image = _resize(image, new, antialias)
     top = (new[0] - image_size + 1) // 2
     left = (new[1] - image_size + 1) // 2
     image = image[top : top + image_size, left : left + image_size]
@@ -130,20 +133,22 @@ def resize_center_crop(image: tf.Tensor, image_size: int) -> tf.Tensor:
     return normalize(image)
 
 
-def _resize_to(image: tf.Tensor, image_size: int) -> tf.Tensor:
+def _resize_to(image: tf.Tensor, image_size: int, antialias: bool = True) -> tf.Tensor:
     """Decodes and resizes to [size, size] unless already that size; float32 [0, 255]."""
     image = decode(image)
     shape = tf.shape(image)
     image = tf.cond(
         tf.logical_and(tf.equal(shape[0], image_size), tf.equal(shape[1], image_size)),
         lambda: tf.cast(image, tf.float32),
-        lambda: _resize(image, [image_size, image_size]),
+        lambda: _resize(image, [image_size, image_size], antialias),
     )
     image.set_shape([image_size, image_size, 3])
     return image
 
 
-def pad_crop_flip(image: tf.Tensor, seed: tf.Tensor, image_size: int, pad: int = 4) -> tf.Tensor:
+def pad_crop_flip(
+    image: tf.Tensor, seed: tf.Tensor, image_size: int, pad: int = 4, antialias: bool = True
+) -> tf.Tensor:
     """Train transform of the 32-px setting: resize, zero-pad ``pad``, random crop, flip.
 
     Args:
@@ -151,36 +156,37 @@ def pad_crop_flip(image: tf.Tensor, seed: tf.Tensor, image_size: int, pad: int =
         seed: int [2] stateless seed of this example.
         image_size: output side (the image is resized to it first if needed).
         pad: zero padding on each side before the crop.
+        antialias: antialiased resize.
 
     Returns:
         float32 [image_size, image_size, 3], normalised.
     """
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    image = _resize_to(image, image_size)
+    image = _resize_to(image, image_size, antialias)
     image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
     image = tf.image.stateless_random_crop(image, [image_size, image_size, 3], crop_seed)
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     return normalize(image)
 
 
-def resize_only(image: tf.Tensor, image_size: int) -> tf.Tensor:
+def resize_only(image: tf.Tensor, image_size: int, antialias: bool = True) -> tf.Tensor:
     """Eval transform of the 32-px setting."""
-    return normalize(_resize_to(image, image_size))
+    return normalize(_resize_to(image, image_size, antialias))
 
 
-def train_transform(augmentation: str, image_size: int):
+def train_transform(augmentation: str, image_size: int, antialias: bool = True):
     """Returns ``fn(image, seed) -> normalised float32 image`` for training."""
     if augmentation == RESIZED_CROP:
-        return lambda image, seed: random_resized_crop_flip(image, seed, image_size)
+        return lambda image, seed: random_resized_crop_flip(image, seed, image_size, antialias)
     if augmentation == PAD_CROP:
-        return lambda image, seed: pad_crop_flip(image, seed, image_size)
+        return lambda image, seed: pad_crop_flip(image, seed, image_size, antialias=antialias)
     raise ValueError(f"Unknown augmentation {augmentation!r}; use one of {AUGMENTATIONS}.")
 
 
-def eval_transform(augmentation: str, image_size: int):
+def eval_transform(augmentation: str, image_size: int, antialias: bool = True):
     """Returns ``fn(image) -> normalised float32 image`` for validation and test."""
     if augmentation == RESIZED_CROP:
-        return lambda image: resize_center_crop(image, image_size)
+        return lambda image: resize_center_crop(image, image_size, antialias)
     if augmentation == PAD_CROP:
-        return lambda image: resize_only(image, image_size)
+        return lambda image: resize_only(image, image_size, antialias)
     raise ValueError(f"Unknown augmentation {augmentation!r}; use one of {AUGMENTATIONS}.")

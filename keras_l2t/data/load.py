@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -57,6 +58,8 @@ def make_source(
         A `Source`.
     """
     spec = catalog.get_spec(name)
+    if data_dir:
+        data_dir = os.path.expanduser(data_dir)
     if spec.source == catalog.TFDS:
         from keras_l2t.data.tfds_source import TfdsSource
 
@@ -113,6 +116,8 @@ def load_dataset(
     shuffle_seed: int | None = None,
     shuffle_buffer: int = 10_000,
     drop_remainder: bool = False,
+    antialias: bool = True,
+    num_parallel_calls: int = tf.data.AUTOTUNE,
     download: bool = False,
     check_files: bool = True,
     source: Source | None = None,
@@ -146,6 +151,9 @@ def load_dataset(
         shuffle_seed: seed of the train shuffle and augmentation; default ``split_seed``.
         shuffle_buffer: train shuffle buffer.
         drop_remainder: drop the last partial train batch.
+        antialias: antialiased resizing, as PIL (the reference) does; False is about
+            1.6x faster at 224 px on CPU.
+        num_parallel_calls: parallelism of the decode/augment map (default AUTOTUNE).
         download: allow downloading a missing TFDS dataset or Fashion-MNIST.
         check_files: check every image file of an image folder when listing it.
         source: a ready `Source` to use instead of building one from ``name``
@@ -203,6 +211,8 @@ def load_dataset(
             seed=shuffle_seed,
             shuffle_buffer=shuffle_buffer,
             drop_remainder=drop_remainder and training,
+            num_parallel_calls=num_parallel_calls,
+            antialias=antialias,
         )
 
     test, num_test = None, 0

@@ -36,9 +36,11 @@ class DatasetNotPreparedError(FileNotFoundError):
     """A TFDS dataset is not in ``data_dir`` and may not (or cannot) be downloaded."""
 
 
-def prepare_instructions(name: str, data_dir: str | None) -> str:
+def prepare_instructions(name: str, data_dir: str | None, looked_in: str | None = None) -> str:
     """How to get TFDS dataset ``name`` into ``data_dir``, as a user-facing message."""
-    where = data_dir or "~/tensorflow_datasets"
+    where = data_dir or "~/tensorflow_datasets (TFDS' default data_dir)"
+    if looked_in:
+        where += f", looked in {looked_in}"
     return (
         f"TFDS dataset {name!r} is not prepared in {where}. Ways to prepare it:\n"
         f"  1. On a machine with internet: `tfds build {name} --data_dir=DIR` (needs the "
@@ -65,7 +67,8 @@ class TfdsSource(Source):
     """A TFDS image-classification dataset with "train" and "test" splits.
 
     Args:
-        name: the TFDS name, e.g. ``"stanford_dogs"``.
+        name: the TFDS name, e.g. ``"stanford_dogs"``, or a ready
+            ``tfds.core.DatasetBuilder`` (``data_dir`` is then ignored).
         data_dir: TFDS data folder (None: TFDS' default, ~/tensorflow_datasets).
         download: download and prepare the dataset when it is missing (needs internet).
         splits: the TFDS split names used as this source's train and test.
@@ -78,15 +81,19 @@ class TfdsSource(Source):
 
     def __init__(
         self,
-        name: str,
+        name: str | tfds.core.DatasetBuilder,
         *,
         data_dir: str | None = None,
         download: bool = False,
         splits: Sequence[str] = ("train", "test"),
     ):
-        self.name = name
+        if isinstance(name, tfds.core.DatasetBuilder):
+            self._builder = name
+            self.name = name.name
+        else:
+            self._builder = tfds.builder(name, data_dir=data_dir)
+            self.name = name
         self.data_dir = data_dir
-        self._builder = tfds.builder(name, data_dir=data_dir)
         self._split_names = dict(zip(("train", "test"), splits, strict=True))
         features = self._builder.info.features
         self.class_names = tuple(features["label"].names)
@@ -116,14 +123,17 @@ class TfdsSource(Source):
             return
         except AssertionError as e:  # TFDS: "could not find data in <data_dir>"
             if not download:
-                raise DatasetNotPreparedError(prepare_instructions(self.name, self.data_dir)) from e
+                raise DatasetNotPreparedError(
+                    prepare_instructions(self.name, self.data_dir, str(self._builder.data_dir))
+                ) from e
         host = DOWNLOAD_HOSTS.get(self.name)
         if host:
             try:
                 _probe(host)
             except OSError as e:
                 raise DatasetNotPreparedError(
-                    f"download=True, but {e}.\n" + prepare_instructions(self.name, self.data_dir)
+                    f"download=True, but {e}.\n"
+                    + prepare_instructions(self.name, self.data_dir, str(self._builder.data_dir))
                 ) from e
         self._builder.download_and_prepare()
 
@@ -143,7 +153,7 @@ class TfdsSource(Source):
             for k, y in ds.as_numpy_iterator():
                 keys.append(k)
                 labels.append(y)
-            keys = np.concatenate(keys).astype(bytes).astype(str)
+            keys = np.asarray([k.decode("utf-8") for k in np.concatenate(keys)], dtype=str)
             self._index_cache[split] = (keys, np.concatenate(labels).astype(np.int64))
         return self._index_cache[split]
 

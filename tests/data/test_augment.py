@@ -109,3 +109,25 @@ def test_default_augmentation_and_unknown_names():
     assert augment.default_augmentation(32) == augment.PAD_CROP
     with pytest.raises(ValueError, match="Unknown augmentation"):
         augment.train_transform("cutmix", 32)
+
+
+def test_antialias_switch():
+    image = tf.constant(_noise(200, 200))
+    smooth = augment.resize_center_crop(image, 32).numpy()
+    sharp = augment.resize_center_crop(image, 32, antialias=False).numpy()
+    assert smooth.shape == sharp.shape == (32, 32, 3)
+    # Downsizing noise 6x: the antialiased image averages it out, the other does not.
+    assert _unnormalize(smooth).std() < 0.5 * _unnormalize(sharp).std()
+
+
+@pytest.mark.parametrize("transform", ["resized_crop", "pad_crop"])
+def test_horizontal_flip_happens_about_half_the_time(transform):
+    # Brightness grows left to right; a flipped output has it falling instead.
+    ramp = np.broadcast_to(np.linspace(0, 255, 64).astype(np.uint8)[None, :, None], (64, 64, 3))
+    fn = augment.train_transform(transform, 32)
+    flipped = []
+    for k in range(16):
+        out = _unnormalize(fn(tf.constant(ramp), tf.constant([k, 5], tf.int64)).numpy())
+        columns = out[8:24, 8:24, 0].mean(axis=0)  # inside any zero padding
+        flipped.append(columns[-1] < columns[0])
+    assert 3 <= sum(flipped) <= 13

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import collect, write_idx
+from data_helpers import collect, write_idx
 
 from keras_l2t.data import (
     IMAGENET_MEAN,
@@ -61,7 +61,10 @@ def test_pipeline_shapes_rgb_and_train_ranges(fashion_dir):
         "fashion_mnist", data_dir=directory, train_indices=range(50), batch_size=16
     )
     target = load_dataset(
-        "fashion_mnist", data_dir=directory, train_indices=range(50, 60), val_fraction=0.0,
+        "fashion_mnist",
+        data_dir=directory,
+        train_indices=range(50, 60),
+        val_fraction=0.0,
         batch_size=16,
     )
     # 5 images per class in 0-49: one each (10%, rounded half up) goes to validation.

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import flat_image, write_image
+from data_helpers import flat_image, write_image
 
 from keras_l2t.data import ImageFolderSource, list_image_folder, load_dataset
 

@@ -6,10 +6,9 @@ import time
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import collect, decode_ids, fake_tfds
+from data_helpers import collect, decode_ids, fake_tfds, flat_image
 
-from keras_l2t.data import DatasetNotPreparedError, TfdsSource, load_dataset
-from keras_l2t.data import tfds_source
+from keras_l2t.data import DatasetNotPreparedError, TfdsSource, load_dataset, tfds_source
 
 PAPER_TFDS = [("stanford_dogs", 224), ("cub200", 224), ("cifar100", 32), ("stl10", 32)]
 
@@ -75,9 +74,11 @@ def test_default_random_mock_data(name):
 
 
 def test_samples_per_class_too_large_names_the_class():
-    with fake_tfds({"train": 10, "test": 1}):
-        with pytest.raises(ValueError, match=r"samples_per_class=10, but class 0 .*only 9"):
-            load_dataset("stanford_dogs", classes=[0, 1, 2], samples_per_class=10)
+    with (
+        fake_tfds({"train": 10, "test": 1}),
+        pytest.raises(ValueError, match=r"samples_per_class=10, but class 0 .*only 9"),
+    ):
+        load_dataset("stanford_dogs", classes=[0, 1, 2], samples_per_class=10)
 
 
 def test_not_prepared_fails_fast_with_instructions(tmp_path, no_download):
@@ -123,3 +124,57 @@ def test_download_when_reachable_calls_download_and_prepare(tmp_path, monkeypatc
 def test_unknown_dataset_lists_known_names():
     with pytest.raises(ValueError, match="known: .*cifar100.*stanford40"):
         load_dataset("imagenet21k")
+
+
+class _TinyDogs(tfds.core.GeneratorBasedBuilder):
+    """A real, prepared-on-disk TFDS dataset shaped like stanford_dogs (no mock)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(encoding_format="jpeg"),
+                    "image/filename": tfds.features.Text(),
+                    "label": tfds.features.ClassLabel(names=["pug", "beagle", "collie"]),
+                    "objects": tfds.features.Sequence({"bbox": tfds.features.BBoxFeature()}),
+                }
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(30, 0), "test": self._generate_examples(6, 500)}
+
+    def _generate_examples(self, n, offset):
+        for i in range(n):
+            yield (
+                f"{offset + i}",
+                {
+                    "image": flat_image(offset + i),
+                    "image/filename": f"img_{offset + i:04d}.jpg",
+                    "label": i % 3,
+                    "objects": {"bbox": [tfds.features.BBox(0.1, 0.1, 0.5, 0.5)]},
+                },
+            )
+
+
+def test_real_prepared_tfds_files(tmp_path):
+    builder = _TinyDogs(data_dir=str(tmp_path))
+    with pytest.raises(
+        DatasetNotPreparedError, match=f"tiny_dogs' is not prepared.*looked in {tmp_path}"
+    ):
+        TfdsSource(builder)
+    builder.download_and_prepare()  # local generator, no network
+    data = load_dataset("stanford_dogs", source=TfdsSource(builder), batch_size=8)
+    assert data.class_names == ("pug", "beagle", "collie")
+    assert (data.num_train, data.num_val, data.num_test) == (27, 3, 6)
+    train_x, train_y = collect(data.train)
+    val_x, val_y = collect(data.val)
+    test_x, _ = collect(data.test)
+    assert train_x.shape == (27, 224, 224, 3) and np.bincount(val_y).tolist() == [1, 1, 1]
+    train_ids, val_ids = decode_ids(train_x), decode_ids(val_x)
+    assert sorted(np.concatenate([train_ids, val_ids])) == list(range(30))
+    assert (train_y == train_ids % 3).all()
+    assert sorted(decode_ids(test_x)) == list(range(500, 506))
