@@ -10,20 +10,20 @@ from __future__ import annotations
 from keras import ops
 
 
-def resize_to(source_map, target_map):
-    """Bilinearly resizes `source_map` to the spatial size of `target_map`.
+def resize_to(source_map, size):
+    """Bilinearly resizes `source_map` to spatial `size` (height, width).
 
     Half-pixel centres and no antialiasing, as PyTorch's
     `F.interpolate(mode="bilinear", align_corners=False)` in the reference.
 
     Args:
         source_map: (batch, H_s, W_s, C) source feature map.
-        target_map: (batch, H_t, W_t, C') map whose spatial size to take.
+        size: (H_t, W_t), the target map's spatial size.
 
     Returns:
         (batch, H_t, W_t, C); `source_map` itself when the sizes already agree.
     """
-    size = tuple(target_map.shape[1:3])
+    size = tuple(size)
     if tuple(source_map.shape[1:3]) == size:
         return source_map
     return ops.image.resize(source_map, size, interpolation="bilinear", antialias=False)
@@ -87,3 +87,53 @@ def cross_entropy(labels, outputs, from_logits: bool = True):
 def entropy(probabilities):
     """Per-example entropy -sum p log p over the last axis (natural log)."""
     return -ops.sum(probabilities * ops.log(ops.maximum(probabilities, 1e-12)), axis=-1)
+
+
+def attention_map(feature_map):
+    """Spatial attention of a feature map: the mean over channels of A^2, flattened and
+    L2-normalised per example (Zagoruyko & Komodakis 2017, p = 2).
+
+    Args:
+        feature_map: (batch, H, W, C).
+
+    Returns:
+        (batch, H * W) unit-norm attention vectors.
+    """
+    energy = ops.mean(ops.square(feature_map), axis=-1)
+    flat = ops.reshape(energy, (ops.shape(energy)[0], -1))
+    return flat / ops.maximum(ops.norm(flat, axis=-1, keepdims=True), 1e-12)
+
+
+def attention_transfer(source_map, target_map, beta: float = 1000.0):
+    """Per-example attention-transfer loss of one pair: beta / 2 * mean over positions of
+    (Q_s - Q_t)^2, with Q = `attention_map` (the authors' code: `(at(x) - at(y))
+    .pow(2).mean()` times beta / 2, beta = 1000).
+
+    Args:
+        source_map: (batch, H, W, C_s) source map, already resized to the target's size.
+        target_map: (batch, H, W, C_t) target map; channel counts may differ.
+        beta: Weight of the loss.
+
+    Returns:
+        (batch,) loss per example.
+    """
+    difference = attention_map(source_map) - attention_map(target_map)
+    return beta / 2 * ops.mean(ops.square(difference), axis=-1)
+
+
+def distillation(source_logits, student_logits, temperature: float = 2.0):
+    """Per-example distillation loss of LwF (Li & Hoiem 2017): the cross-entropy between
+    the source's and the student's outputs softened by `temperature`,
+    -sum_k softmax(s / T)_k log softmax(h / T)_k (no T^2 factor, as LwF).
+
+    Args:
+        source_logits: (batch, K) logits of the frozen source.
+        student_logits: (batch, K) logits of the target's extra head.
+        temperature: Softening temperature T (2 in LwF).
+
+    Returns:
+        (batch,) loss per example.
+    """
+    soft_targets = ops.softmax(source_logits / temperature, axis=-1)
+    log_probabilities = ops.log_softmax(student_logits / temperature, axis=-1)
+    return -ops.sum(soft_targets * log_probabilities, axis=-1)

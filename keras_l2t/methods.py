@@ -11,42 +11,87 @@ class Method:
 
     Attributes:
         name: Registry name.
-        matches_features: Whether the feature-matching loss L_wfm is used at all.
+        description: One line for users, with the paper it comes from.
+        default_pairs: The pair preset used when none is given ("single", "one_to_one",
+            "all"), or None for methods without layer pairs.
+        matches_features: Whether the weighted feature-matching loss L_wfm is used.
         learns_channel_weights: Whether the "what" meta-networks are trained (otherwise
             channel weights are uniform, 1/C).
         learns_pair_weights: Whether the "where" meta-networks are trained (otherwise
             every pair weight is 1).
-        description: One line for users, with the paper it comes from.
+        matches_attention: Whether attention maps are matched at the pairs (AT).
+        distills_outputs: Whether an extra target head reproduces the source's softened
+            outputs (LwF).
     """
 
     name: str
-    matches_features: bool
-    learns_channel_weights: bool
-    learns_pair_weights: bool
     description: str
+    default_pairs: str | None = None
+    matches_features: bool = False
+    learns_channel_weights: bool = False
+    learns_pair_weights: bool = False
+    matches_attention: bool = False
+    distills_outputs: bool = False
 
     @property
     def meta_learned(self) -> bool:
         """Whether the method runs the lookahead and the meta step."""
         return self.learns_channel_weights or self.learns_pair_weights
 
+    @property
+    def uses_pairs(self) -> bool:
+        """Whether the method matches anything at (source layer, target layer) pairs."""
+        return self.matches_features or self.matches_attention
+
 
 METHODS = {
     method.name: method
     for method in (
-        Method("scratch", False, False, False, "The target alone, cross-entropy."),
+        Method("scratch", "The target alone, trained with cross-entropy."),
         Method(
-            "fm", True, False, False,
-            "Feature matching (FitNets-style, Romero et al. 2015) on the given pairs: "
-            "uniform channel weights, pair weight 1, no meta step.",
+            "lwf",
+            "Learning without Forgetting (Li & Hoiem, ECCV 2016 / TPAMI 2017): an extra "
+            "target head reproduces the source's outputs softened at temperature 2 "
+            "(distillation weight 1).",
+            distills_outputs=True,
         ),
         Method(
-            "l2t_w", True, True, False,
-            "L2T-w (Jang et al. 2019): learned channel weights, pair weight 1.",
+            "at",
+            "Attention transfer (Zagoruyko & Komodakis, ICLR 2017): L2-normalised spatial "
+            "attention maps (channel mean of A^2) matched at one-to-one pairs, beta 1000.",
+            default_pairs="one_to_one",
+            matches_attention=True,
         ),
         Method(
-            "l2t_ww", True, True, True,
-            "L2T-ww (Jang et al. 2019): learned channel weights and pair weights.",
+            "lwf_at",
+            "LwF and attention transfer together.",
+            default_pairs="one_to_one",
+            matches_attention=True,
+            distills_outputs=True,
+        ),
+        Method(
+            "fm",
+            "Feature matching (FitNets-style, Romero et al., ICLR 2015) with a 1x1 adapter: "
+            "uniform channel weights, pair weight 1, no meta step; single pair by default.",
+            default_pairs="single",
+            matches_features=True,
+        ),
+        Method(
+            "l2t_w",
+            "L2T-w (Jang et al., ICML 2019): learned channel weights, pair weight 1; "
+            "one-to-one pairs by default.",
+            default_pairs="one_to_one",
+            matches_features=True,
+            learns_channel_weights=True,
+        ),
+        Method(
+            "l2t_ww",
+            "L2T-ww (Jang et al., ICML 2019): learned channel weights and pair weights on "
+            "all pairs.",
+            default_pairs="all",
+            matches_features=True,
+            learns_channel_weights=True,
+            learns_pair_weights=True,
         ),
     )
 }

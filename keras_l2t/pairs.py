@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-PAIR_PRESETS = ("all", "one_to_one")
+PAIR_PRESETS = ("all", "one_to_one", "single")
 
 
 def resolve_pairs(
@@ -17,7 +17,9 @@ def resolve_pairs(
     Args:
         pairs: "all" (every source layer with every target layer, source-major as in the
             reference: (s1, t1), (s1, t2), ...), "one_to_one" (the k-th with the k-th),
-            or an explicit list of (source layer name, target layer name).
+            "single" (the last source layer with the last target layer; the paper does
+            not name its single pair, this is keras-l2t's choice), or an explicit list of
+            (source layer name, target layer name).
         source_layers: Source layer names, needed by the presets.
         target_layers: Target layer names, needed by the presets.
 
@@ -45,6 +47,8 @@ def resolve_pairs(
             )
         if pairs == "all":
             return [(s, t) for s in source_layers for t in target_layers]
+        if pairs == "single":
+            return [(source_layers[-1], target_layers[-1])]
         if len(source_layers) != len(target_layers):
             raise ValueError(
                 "pairs='one_to_one' needs as many source layers as target layers, got "

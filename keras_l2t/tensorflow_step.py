@@ -90,42 +90,42 @@ def unrolled_meta_gradient(
 
 
 def train_step(model, x, y):
-    """Runs one L2T-ww iteration of `model` (a `TransferModel`) on one batch.
+    """Runs one iteration of `model` (a `TransferModel`) on one batch.
 
     Returns:
-        Per-example cross-entropy, per-example matching loss, the logits of the real
-        step, the pair inputs and pair weights used, and the meta objective (or None).
+        The per-example loss terms of the real step, its logits, the channel and pair
+        weights it used, and the meta objective (None for methods without meta-networks).
     """
     batch = global_batch_size(x, model.loss_dtype)
-    pair_inputs = model.pair_inputs(x)  # the only source forward of this batch
+    source = model.source_forward(x)  # the only source forward of this batch
     learning_rate = tf.convert_to_tensor(model.optimizer.learning_rate)  # before the step
-    channel_weights, pair_weights = model.pair_weights(pair_inputs)
+    channel_weights, pair_weights = model.pair_weights(source)
     fixed = (
         [tf.stop_gradient(w) for w in channel_weights],
         [tf.stop_gradient(p) for p in pair_weights],
     )
 
-    # 1. Real step on L_org + L_wfm with phi fixed; batch-norm statistics update here.
+    # 1. Real step on all of the method's terms with phi fixed; BN statistics update here.
     theta = model.theta_variables
     with tf.GradientTape() as tape:
-        logits, adapted = model.student_forward(x)
-        ce, matching = model.per_example_losses(y, logits, adapted, pair_inputs, *fixed)
-        loss = tf.reduce_sum(ce + matching) / batch
+        student = model.student_forward(x)
+        terms = model.loss_terms(y, student, source, *fixed)
+        loss = tf.reduce_sum(sum(terms.values())) / batch
     model.optimizer.apply(tape.gradient(loss, theta), theta)
 
     meta_loss = None
     if model.method.meta_learned:
-        meta_loss, meta_grads = meta_gradient(model, x, y, pair_inputs, learning_rate, batch)
+        meta_loss, meta_grads = meta_gradient(model, x, y, source, learning_rate, batch)
         # The optimizer sums the replicas' gradients: add each replica's share of the L2.
         decay = model.meta_weight_decay / tf.distribute.get_strategy().num_replicas_in_sync
         phi = model.phi_variables
         meta_grads = [g + decay * tf.convert_to_tensor(v) for g, v in zip(meta_grads, phi)]
         model.meta_optimizer.apply(meta_grads, phi)
         meta_loss = sum_across_replicas(meta_loss)  # the global batch's value, to report
-    return ce, matching, logits, channel_weights, pair_weights, meta_loss
+    return terms, student.logits, channel_weights, pair_weights, meta_loss
 
 
-def meta_gradient(model, x, y, pair_inputs, learning_rate, batch, second_order=True):
+def meta_gradient(model, x, y, source, learning_rate, batch, second_order=True):
     """Steps 2-3: d L_org(theta_{T+1}) / d phi from the current theta and buffers.
 
     `second_order=False` drops the inner gradients' dependence on phi, which makes the
@@ -140,14 +140,14 @@ def meta_gradient(model, x, y, pair_inputs, learning_rate, batch, second_order=T
     non_trainable = [tf.convert_to_tensor(v) for v in model.target_non_trainable_variables]
 
     def matching_objective(params):
-        logits, adapted = model.student_forward(x, params, non_trainable)
-        weights = model.pair_weights(pair_inputs)  # phi enters here
-        _, matching = model.per_example_losses(y, logits, adapted, pair_inputs, *weights)
+        student = model.student_forward(x, params, non_trainable)
+        weights = model.pair_weights(source)  # phi enters here
+        matching = model.loss_terms(y, student, source, *weights)["matching"]
         return tf.reduce_sum(matching) / batch
 
     def classification_objective(params):
-        logits, _ = model.student_forward(x, params, non_trainable, with_adapters=False)
-        return tf.reduce_sum(model.cross_entropy(y, logits)) / batch
+        student = model.student_forward(x, params, non_trainable, adapters=False)
+        return tf.reduce_sum(model.cross_entropy(y, student.logits)) / batch
 
     def update(params, buffers, grads):
         return model.update_rule.step(params, buffers, grads, learning_rate)

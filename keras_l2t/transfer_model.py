@@ -1,20 +1,58 @@
-"""TransferModel: a target network trained by L2T-ww from a frozen source network."""
+"""TransferModel: a target network trained from a frozen source by L2T-ww or a baseline."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import keras
 from keras import ops
 
 from keras_l2t import losses, tensorflow_step
 from keras_l2t.exact_batch_norm import make_batch_norm_exact
-from keras_l2t.features import feature_extractor
+from keras_l2t.features import feature_map_output
 from keras_l2t.layers import ChannelWeights, FeatureAdapter, PairWeight
 from keras_l2t.methods import get_method
+from keras_l2t.network_checks import (
+    check_precision,
+    check_source,
+    check_target,
+    outputs_logits,
+    penultimate_features,
+)
 from keras_l2t.optimizers import CoupledSGD
 from keras_l2t.pairs import resolve_pairs
 from keras_l2t.update_rules import update_rule_for
+
+
+class SourceOutputs(NamedTuple):
+    """The frozen source's side of one batch, computed once.
+
+    Attributes:
+        maps: Per pair, the source map resized to the target map's size.
+        pooled: Per pair, the global average pool of the source map (meta-network input).
+        logits: The source's output as logits (LwF only), else None.
+    """
+
+    maps: list
+    pooled: list
+    logits: object = None
+
+
+class StudentOutputs(NamedTuple):
+    """The target's forward in training mode.
+
+    Attributes:
+        logits: (batch, classes) outputs of the target.
+        maps: Per pair, the target's feature map.
+        adapted: Per pair, the target map after its 1x1 adapter (feature matching only).
+        distillation_logits: The extra LwF head's outputs, else None.
+    """
+
+    logits: object
+    maps: list
+    adapted: list
+    distillation_logits: object = None
 
 
 @keras.saving.register_keras_serializable(package="keras_l2t")
@@ -24,8 +62,9 @@ class TransferModel(keras.Model):
     For every (source layer m, target layer n) pair it owns a 1x1 adapter (part of the
     target's parameters theta) and, depending on `method`, a "what" meta-network (channel
     weights) and a "where" meta-network (pair weight), whose variables phi are trained by
-    the meta-gradient of METHOD.md. `call()` is the target's forward alone, so
-    `predict`, `evaluate` and `export` see only the target.
+    the meta-gradient of METHOD.md. The baselines of the paper's table are selected by
+    `method` too (see `keras_l2t.methods.METHODS`). `call()` is the target's forward
+    alone, so `predict`, `evaluate` and `export` see only the target.
 
     Every BatchNormalization in `target` is switched, in place, to exact second-order
     moments (see `keras_l2t.exact_batch_norm`); LayerNormalization and
@@ -33,13 +72,14 @@ class TransferModel(keras.Model):
 
     Args:
         source: A built functional Keras model, pretrained; frozen and run in inference
-            mode.
+            mode, once per batch.
         target: A functional Keras model whose single output is (batch, classes) logits
             (or probabilities after a softmax).
-        pairs: "all", "one_to_one" (with `source_layers` and `target_layers`), or a list
-            of (source layer name, target layer name).
+        pairs: "all", "one_to_one", "single" (with `source_layers` and
+            `target_layers`), or a list of (source layer name, target layer name). None
+            takes the method's default preset.
         method: "l2t_ww" (learned what and where), "l2t_w" (learned what, lambda 1),
-            "fm" (uniform weights, no meta step) or "scratch" (no transfer).
+            "fm" (uniform weights, no meta step), "at", "lwf", "lwf_at" or "scratch".
         source_layers: Source layer names for the pair presets.
         target_layers: Target layer names for the pair presets.
         beta: Weight of the feature-matching loss (0.5 in the paper).
@@ -48,6 +88,9 @@ class TransferModel(keras.Model):
         meta_weight_decay: L2 penalty added to the meta-gradient, as the reference's
             `torch.optim.Adam(weight_decay=1e-4)` (coupled, unlike Keras' AdamW-style
             `weight_decay`).
+        attention_beta: Weight of the attention-transfer loss (1000, as AT).
+        distillation_temperature: LwF's softening temperature (2, as LwF).
+        distillation_weight: Weight of LwF's distillation loss (1, as LwF).
         **kwargs: Standard `keras.Model` arguments (name, ...).
 
     Example:
@@ -65,7 +108,7 @@ class TransferModel(keras.Model):
         self,
         source: keras.Model,
         target: keras.Model,
-        pairs: str | Sequence[Sequence[str]] = "all",
+        pairs: str | Sequence[Sequence[str]] | None = None,
         method: str = "l2t_ww",
         source_layers: Sequence[str] | None = None,
         target_layers: Sequence[str] | None = None,
@@ -73,50 +116,78 @@ class TransferModel(keras.Model):
         lookahead_steps: int = 2,
         pair_weight_activation: str = "relu6",
         meta_weight_decay: float = 1e-4,
+        attention_beta: float = 1000.0,
+        distillation_temperature: float = 2.0,
+        distillation_weight: float = 1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.method = get_method(method)
-        _check_source(source)
-        self.from_logits = _check_target(target)
-        _check_precision(target)
+        check_source(source)
+        self.from_logits = check_target(target)
+        check_precision(target)
+        if lookahead_steps < 1:
+            raise ValueError(f"lookahead_steps must be >= 1, got {lookahead_steps}.")
         # Losses, adapters and meta-networks run at the target variables' precision, even
         # when the networks compute in bfloat16.
         variables = target.trainable_variables
         self.loss_dtype = variables[0].dtype if variables else keras.config.floatx()
-        if lookahead_steps < 1:
-            raise ValueError(f"lookahead_steps must be >= 1, got {lookahead_steps}.")
         self.pairs = (
-            resolve_pairs(pairs, source_layers, target_layers)
-            if self.method.matches_features else []
+            resolve_pairs(pairs or self.method.default_pairs, source_layers, target_layers)
+            if self.method.uses_pairs else []
         )
         self.beta = beta
         self.lookahead_steps = lookahead_steps
         self.pair_weight_activation = pair_weight_activation
         self.meta_weight_decay = meta_weight_decay
+        self.attention_beta = attention_beta
+        self.distillation_temperature = distillation_temperature
+        self.distillation_weight = distillation_weight
 
         source.trainable = False
         self.source = source
         self.target = target
         self.exact_batch_norm_layers = make_batch_norm_exact(target)
+        self._build_taps()
+        self._build_pair_modules()
+        self._build_trackers()
+        self.built = True
 
+    def _build_taps(self):
+        """Models returning the outputs the method needs; they share source's and target's
+        layers and are kept out of Keras' tracking, so variables are saved once."""
         source_names = list(dict.fromkeys(s for s, _ in self.pairs))
         target_names = list(dict.fromkeys(t for _, t in self.pairs))
         self._pair_source_index = [source_names.index(s) for s, _ in self.pairs]
         self._pair_target_index = [target_names.index(t) for _, t in self.pairs]
-        # The tap models share layers and variables with source and target; they are
-        # kept out of Keras' tracking so the variables are saved once, under those.
-        source_taps = feature_extractor(source, source_names) if self.pairs else None
-        object.__setattr__(self, "_source_taps", source_taps)
-        object.__setattr__(self, "_target_taps", feature_extractor(target, target_names, True))
+        distills = self.method.distills_outputs
 
-        source_shapes = [tuple(t.shape) for t in (source_taps.outputs if self.pairs else [])]
-        target_shapes = [tuple(t.shape) for t in self._target_taps.outputs[1:]]
+        source_outputs = [feature_map_output(self.source, n) for n in source_names]
+        if distills:
+            check_target(self.source)  # LwF needs the source's (batch, classes) outputs
+            source_outputs.append(self.source.outputs[0])
+        source_taps = (
+            keras.Model(self.source.inputs[0], source_outputs, name="source_taps")
+            if source_outputs else None
+        )
+        target_outputs = [self.target.outputs[0]]
+        if distills:
+            target_outputs.append(penultimate_features(self.target))
+        target_outputs += [feature_map_output(self.target, n) for n in target_names]
+        target_taps = keras.Model(self.target.inputs[0], target_outputs, name="target_taps")
+        object.__setattr__(self, "_source_taps", source_taps)
+        object.__setattr__(self, "_target_taps", target_taps)
+        self._target_shapes = [tuple(t.shape) for t in target_outputs[1 + distills:]]
+        self._source_shapes = [tuple(t.shape) for t in source_outputs[: len(source_names)]]
+
+    def _build_pair_modules(self):
         self.adapters, self.channel_weight_networks, self.pair_weight_networks = [], [], []
         for i, (s, t) in enumerate(zip(self._pair_source_index, self._pair_target_index)):
-            channels = source_shapes[s][-1]
+            if not self.method.matches_features:
+                break
+            channels = self._source_shapes[s][-1]
             adapter = FeatureAdapter(channels, name=f"adapter_{i}", dtype=self.loss_dtype)
-            adapter.build(target_shapes[t])
+            adapter.build(self._target_shapes[t])
             self.adapters.append(adapter)
             if self.method.learns_channel_weights:
                 network = ChannelWeights(name=f"channel_weights_{i}", dtype=self.loss_dtype)
@@ -124,32 +195,45 @@ class TransferModel(keras.Model):
                 self.channel_weight_networks.append(network)
             if self.method.learns_pair_weights:
                 network = PairWeight(
-                    pair_weight_activation, name=f"pair_weight_{i}", dtype=self.loss_dtype
+                    self.pair_weight_activation, name=f"pair_weight_{i}", dtype=self.loss_dtype
                 )
                 network.build((None, channels))
                 self.pair_weight_networks.append(network)
+        self.distillation_head = None
+        if self.method.distills_outputs:
+            self.distillation_head = keras.layers.Dense(
+                self.source.outputs[0].shape[-1], name="distillation_head", dtype=self.loss_dtype
+            )
+            self.distillation_head.build(penultimate_features(self.target).shape)
 
-        self.ce_tracker = keras.metrics.Mean(name="ce")
-        self.matching_tracker = keras.metrics.Mean(name="matching_loss")
-        self.meta_tracker = keras.metrics.Mean(name="meta_ce") if self.method.meta_learned else None
+    def _build_trackers(self):
+        mean = keras.metrics.Mean
+        self.ce_tracker = mean(name="ce")
+        self.term_trackers = {}
+        if self.method.matches_features:
+            self.term_trackers["matching"] = mean(name="matching_loss")
+        if self.method.matches_attention:
+            self.term_trackers["attention"] = mean(name="attention_loss")
+        if self.method.distills_outputs:
+            self.term_trackers["distillation"] = mean(name="distillation_loss")
+        self.meta_tracker = mean(name="meta_ce") if self.method.meta_learned else None
         # Zero-padded pair indices, so logs list pairs in order: lambda_00, lambda_01, ...
         digits = len(str(max(len(self.pairs) - 1, 0)))
         self.pair_weight_trackers = [
-            keras.metrics.Mean(name=f"lambda_{i:0{digits}d}")
-            for i in range(len(self.pair_weight_networks))
+            mean(name=f"lambda_{i:0{digits}d}") for i in range(len(self.pair_weight_networks))
         ]
         self.entropy_trackers = [
-            keras.metrics.Mean(name=f"entropy_{i:0{digits}d}")
+            mean(name=f"entropy_{i:0{digits}d}")
             for i in range(len(self.channel_weight_networks))
         ]
-        self.built = True
 
     # ----------------------------------------------------------------- variables
     @property
     def theta_variables(self) -> list:
-        """Variables of the target network and the adapters, trained by `optimizer`."""
-        adapters = [v for adapter in self.adapters for v in adapter.trainable_variables]
-        return list(self._target_taps.trainable_variables) + adapters
+        """Variables trained by `optimizer`: the target, the adapters, the LwF head."""
+        modules = self.adapters + ([self.distillation_head] if self.distillation_head else [])
+        extra = [v for module in modules for v in module.trainable_variables]
+        return list(self._target_taps.trainable_variables) + extra
 
     @property
     def phi_variables(self) -> list:
@@ -174,12 +258,12 @@ class TransferModel(keras.Model):
             meta_optimizer: Optimizer of phi (meta-networks). Default: Adam(1e-4).
             metrics: Metrics on (labels, target outputs), e.g. ["accuracy"].
             **kwargs: Other `keras.Model.compile` arguments. `loss` is not accepted:
-                the model computes cross-entropy and the matching loss itself.
+                the model computes its losses itself.
         """
         if kwargs.pop("loss", None) is not None:
             raise ValueError(
                 "TransferModel computes its losses itself (cross-entropy of the target "
-                "plus the weighted feature-matching loss); do not pass loss= to compile()."
+                "plus the method's transfer loss); do not pass loss= to compile()."
             )
         super().compile(
             optimizer=optimizer if optimizer is not None else CoupledSGD(),
@@ -189,7 +273,8 @@ class TransferModel(keras.Model):
         self.meta_optimizer = keras.optimizers.get(
             meta_optimizer if meta_optimizer is not None else keras.optimizers.Adam(1e-4)
         )
-        self.update_rule = update_rule_for(self.optimizer, self.theta_variables)
+        if self.method.meta_learned:
+            self.update_rule = update_rule_for(self.optimizer, self.theta_variables)
         # Built here, under the caller's strategy scope, not lazily inside fit().
         self.optimizer.build(self.theta_variables)
         if self.phi_variables:
@@ -211,33 +296,37 @@ class TransferModel(keras.Model):
     def call(self, inputs, training=None):
         return self.target(inputs, training=training)
 
-    def pair_inputs(self, x) -> list[tuple]:
-        """Runs the frozen source once and prepares each pair's source side.
+    def source_forward(self, x) -> SourceOutputs:
+        """Runs the frozen source once for the batch and prepares each pair's source side."""
+        if self._source_taps is None:
+            return SourceOutputs([], [])
+        outputs = [
+            ops.cast(ops.stop_gradient(o), self.loss_dtype)
+            for o in _as_list(self._source_taps(x, training=False))
+        ]
+        logits = None
+        if self.method.distills_outputs:
+            logits = outputs.pop()
+            if not outputs_logits(self.source):
+                logits = ops.log(ops.maximum(logits, 1e-12))  # softmax(log p / T) ~ p^(1/T)
+        maps = [
+            losses.resize_to(outputs[s], self._target_shapes[t][1:3])
+            for s, t in zip(self._pair_source_index, self._pair_target_index)
+        ]
+        pooled = [ops.mean(outputs[s], axis=(1, 2)) for s in self._pair_source_index]
+        return SourceOutputs(maps, pooled, logits)
+
+    def pair_weights(self, source: SourceOutputs) -> tuple[list, list]:
+        """Channel weights w and pair weights lambda of every feature-matching pair.
 
         Returns:
-            Per pair, (source map resized to the target map's size, pooled source map).
+            (list of (batch, C) channel weights, list of (batch,) pair weights), from phi;
+            uniform 1/C and 1 where the method does not learn them.
         """
-        if not self.pairs:
-            return []
-        source_maps = _as_list(self._source_taps(x, training=False))
-        target_shapes = self._target_taps.outputs[1:]
-        prepared = []
-        for s, t in zip(self._pair_source_index, self._pair_target_index):
-            source_map = ops.cast(ops.stop_gradient(source_maps[s]), self.loss_dtype)
-            prepared.append(
-                (losses.resize_to(source_map, target_shapes[t]), ops.mean(source_map, axis=(1, 2)))
-            )
-        return prepared
-
-    def pair_weights(self, pair_inputs: list[tuple]) -> tuple[list, list]:
-        """Channel weights w and pair weights lambda of every pair, from phi.
-
-        Returns:
-            (list of (batch, C) channel weights, list of (batch,) pair weights); uniform
-            1/C and 1 where the method does not learn them.
-        """
+        if not self.method.matches_features:
+            return [], []
         channel_weights, pair_weights = [], []
-        for i, (_, pooled) in enumerate(pair_inputs):
+        for i, pooled in enumerate(source.pooled):
             if self.method.learns_channel_weights:
                 channel_weights.append(self.channel_weight_networks[i](pooled))
             else:
@@ -248,8 +337,9 @@ class TransferModel(keras.Model):
                 pair_weights.append(ops.ones_like(pooled[:, 0]))
         return channel_weights, pair_weights
 
-    def student_forward(self, x, theta=None, non_trainable=None, with_adapters=True):
-        """The target in training mode, with its adapted feature maps.
+    def student_forward(self, x, theta=None, non_trainable=None,
+                        adapters: bool = True) -> StudentOutputs:
+        """The target in training mode, with what the method's losses read.
 
         Args:
             x: Input batch.
@@ -257,58 +347,77 @@ class TransferModel(keras.Model):
                 updates the batch-norm statistics, as a real step does).
             non_trainable: Values for `target_non_trainable_variables` when `theta` is
                 given; the batch-norm statistics this forward computes are dropped.
-            with_adapters: Whether to compute the adapted maps.
+            adapters: Whether to compute the adapted maps (not needed for L_org alone).
 
         Returns:
-            (logits, list of adapted target maps, one per pair).
+            A `StudentOutputs`.
         """
+        modules = self.adapters + ([self.distillation_head] if self.distillation_head else [])
         if theta is None:
             outputs = self._target_taps(x, training=True)
-            adapter_weights = [None] * len(self.adapters)
+            weights = [None] * len(modules)
         else:
             count = len(self._target_taps.trainable_variables)
             outputs, _ = self._target_taps.stateless_call(
                 theta[:count], non_trainable, x, training=True
             )
-            adapter_weights = [theta[count + 2 * i: count + 2 * i + 2]
-                               for i in range(len(self.adapters))]
-        logits, *maps = _as_list(outputs)
-        logits = ops.cast(logits, self.loss_dtype)
-        if not with_adapters:
-            return logits, []
-        adapted = []
-        for adapter, t, weights in zip(self.adapters, self._pair_target_index, adapter_weights):
-            if weights is None:
-                adapted.append(adapter(maps[t]))
-            else:
-                adapted.append(adapter.stateless_call(weights, [], maps[t])[0])
-        return logits, adapted
+            weights = [theta[count + 2 * i: count + 2 * i + 2] for i in range(len(modules))]
+
+        def apply(module, module_weights, inputs):
+            if module_weights is None:
+                return module(inputs)
+            return module.stateless_call(module_weights, [], inputs)[0]
+
+        outputs = _as_list(outputs)
+        logits = ops.cast(outputs.pop(0), self.loss_dtype)
+        distillation_logits = None
+        if self.distillation_head is not None:
+            distillation_logits = apply(self.distillation_head, weights[-1], outputs.pop(0))
+        maps = [outputs[t] for t in self._pair_target_index]
+        adapted = (
+            [apply(a, w, m) for a, w, m in zip(self.adapters, weights, maps)] if adapters else []
+        )
+        return StudentOutputs(logits, maps, adapted, distillation_logits)
 
     def cross_entropy(self, y, logits):
         """Per-example cross-entropy of the target's outputs."""
         return losses.cross_entropy(y, logits, from_logits=self.from_logits)
 
-    def per_example_losses(self, y, logits, adapted, pair_inputs, channel_weights, pair_weights):
-        """Per-example L_org and L_wfm (summed over pairs)."""
-        ce = self.cross_entropy(y, logits)
-        matching = ops.zeros_like(ce)
-        for (source_map, _), target_map, w, lam in zip(
-            pair_inputs, adapted, channel_weights, pair_weights
-        ):
-            matching = matching + losses.weighted_feature_matching(
-                source_map, target_map, w, lam, self.beta
+    def loss_terms(self, y, student: StudentOutputs, source: SourceOutputs,
+                   channel_weights: list, pair_weights: list) -> dict:
+        """Per-example loss terms of the method: "ce", and "matching" (L_wfm summed over
+        pairs), "attention" and "distillation" where the method uses them."""
+        ce = self.cross_entropy(y, student.logits)
+        terms = {"ce": ce}
+        if self.method.matches_features:
+            terms["matching"] = sum(
+                (losses.weighted_feature_matching(s, t, w, lam, self.beta)
+                 for s, t, w, lam in zip(source.maps, student.adapted, channel_weights,
+                                         pair_weights)),
+                ops.zeros_like(ce),
             )
-        return ce, matching
+        if self.method.matches_attention:
+            terms["attention"] = sum(
+                (losses.attention_transfer(s, ops.cast(t, self.loss_dtype), self.attention_beta)
+                 for s, t in zip(source.maps, student.maps)),
+                ops.zeros_like(ce),
+            )
+        if self.method.distills_outputs:
+            terms["distillation"] = self.distillation_weight * losses.distillation(
+                source.logits, student.distillation_logits, self.distillation_temperature
+            )
+        return terms
 
     # ---------------------------------------------------------- train and test
     def train_step(self, data):
         x, y = _unpack(data)
-        ce, matching, logits, channel_weights, pair_weights, meta_loss = (
+        terms, logits, channel_weights, pair_weights, meta_loss = (
             tensorflow_step.train_step(self, x, y)
         )
-        self._loss_tracker.update_state(ce + matching)
-        self.ce_tracker.update_state(ce)
-        self.matching_tracker.update_state(matching)
+        self._loss_tracker.update_state(sum(terms.values()))
+        self.ce_tracker.update_state(terms["ce"])
+        for name, tracker in self.term_trackers.items():
+            tracker.update_state(terms[name])
         if meta_loss is not None:
             self.meta_tracker.update_state(meta_loss)
         for tracker, lam in zip(self.pair_weight_trackers, pair_weights):
@@ -339,7 +448,7 @@ class TransferModel(keras.Model):
         x = ops.convert_to_tensor(x)
         batch = tensorflow_step.global_batch_size(x, self.loss_dtype)
         return tensorflow_step.meta_gradient(
-            self, x, ops.convert_to_tensor(y), self.pair_inputs(x),
+            self, x, ops.convert_to_tensor(y), self.source_forward(x),
             ops.convert_to_tensor(self.optimizer.learning_rate), batch, second_order,
         )
 
@@ -360,12 +469,15 @@ class TransferModel(keras.Model):
             **super().get_config(),
             "source": keras.saving.serialize_keras_object(self.source),
             "target": keras.saving.serialize_keras_object(self.target),
-            "pairs": [list(pair) for pair in self.pairs] or "all",
+            "pairs": [list(pair) for pair in self.pairs] or None,
             "method": self.method.name,
             "beta": self.beta,
             "lookahead_steps": self.lookahead_steps,
             "pair_weight_activation": self.pair_weight_activation,
             "meta_weight_decay": self.meta_weight_decay,
+            "attention_beta": self.attention_beta,
+            "distillation_temperature": self.distillation_temperature,
+            "distillation_weight": self.distillation_weight,
         }
 
     @classmethod
@@ -388,56 +500,3 @@ def _unpack(data):
     if y is None:
         raise ValueError("TransferModel.fit needs labels: give (images, labels) batches.")
     return x, y
-
-
-def _check_source(source) -> None:
-    if not isinstance(source, keras.Model):
-        raise ValueError(f"source must be a keras.Model, got {type(source).__name__}.")
-    if not source.built:
-        raise ValueError(
-            f"The source model '{source.name}' is not built: it has no weights yet. Load "
-            "the pretrained model (or build it on an input shape) before passing it."
-        )
-
-
-def _check_precision(target) -> None:
-    """Refuses float16 targets: their gradients need loss scaling, and the second-order
-    meta-gradient would underflow silently. bfloat16 (mixed_bfloat16) is accepted."""
-    for layer in target._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        if layer.dtype_policy.compute_dtype == "float16":
-            raise ValueError(
-                f"Target layer '{layer.name}' computes in float16 (policy "
-                f"'{layer.dtype_policy.name}'). float16 gradients need loss scaling, which the "
-                "second-order L2T-ww meta-gradient cannot get exactly; build the target under "
-                "'mixed_bfloat16' or 'float32' instead (a float16 source is fine)."
-            )
-
-
-def _check_target(target) -> bool:
-    """Checks the target has one (batch, classes) output; returns whether it is logits."""
-    if not isinstance(target, keras.Model):
-        raise ValueError(f"target must be a keras.Model, got {type(target).__name__}.")
-    try:
-        outputs = target.outputs
-    except (AttributeError, ValueError):
-        outputs = None
-    if not outputs:
-        raise ValueError(
-            f"The target model '{target.name}' is not a built functional model; build it "
-            "with the functional API so its feature maps can be tapped by name."
-        )
-    if len(outputs) != 1 or len(outputs[0].shape) != 2:
-        shapes = [tuple(o.shape) for o in outputs]
-        raise ValueError(
-            f"The target model '{target.name}' must end in a classification head with one "
-            f"(batch, classes) output; its outputs have shapes {shapes}. Add e.g. "
-            "GlobalAveragePooling2D and Dense(num_classes)."
-        )
-    last = outputs[0]._keras_history.operation
-    activation = getattr(last, "activation", None)
-    is_softmax = isinstance(last, keras.layers.Softmax) or activation in (
-        keras.activations.softmax, "softmax"
-    )
-    return not is_softmax

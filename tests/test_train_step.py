@@ -21,14 +21,12 @@ def _compile(model, **kwargs):
 
 def _real_step_only(model, x, y):
     """The real step written out with a plain tape: theta moves, phi does not."""
-    pair_inputs = model.pair_inputs(x)
-    channel_weights, pair_weights = model.pair_weights(pair_inputs)
+    source = model.source_forward(x)
+    channel_weights, pair_weights = model.pair_weights(source)
     with tf.GradientTape() as tape:
-        logits, adapted = model.student_forward(x)
-        ce, matching = model.per_example_losses(
-            y, logits, adapted, pair_inputs, channel_weights, pair_weights
-        )
-        loss = tf.reduce_mean(ce + matching)
+        student = model.student_forward(x)
+        terms = model.loss_terms(y, student, source, channel_weights, pair_weights)
+        loss = tf.reduce_mean(terms["ce"] + terms["matching"])
     grads = tape.gradient(loss, model.theta_variables)
     model.optimizer.apply(grads, model.theta_variables)
 
