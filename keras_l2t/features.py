@@ -17,7 +17,7 @@ def feature_map_layers(model: keras.Model) -> list[str]:
         Layer names in graph order, for layers whose single output has shape
         (batch, height, width, channels).
     """
-    _check_functional(model)
+    check_functional(model)
     names = []
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
@@ -53,7 +53,7 @@ def feature_extractor(
         >>> taps = feature_extractor(resnet, ["stage2_out", "stage3_out"])  # doctest: +SKIP
         >>> maps = taps(images)  # doctest: +SKIP
     """
-    _check_functional(model)
+    check_functional(model)
     outputs = [model.outputs[0]] if include_output else []
     for name in layer_names:
         outputs.append(feature_map_output(model, name))
@@ -89,7 +89,9 @@ def _single_output(layer: keras.layers.Layer) -> keras.KerasTensor | None:
     return output if isinstance(output, keras.KerasTensor) else None
 
 
-def _check_functional(model: keras.Model) -> None:
+def check_functional(model: keras.Model) -> None:
+    """Raises a ValueError that says how to fix it unless `model` is a built functional
+    or Sequential model, whose layers can be tapped by name."""
     if not isinstance(model, keras.Model):
         raise ValueError(f"Expected a keras.Model, got {type(model).__name__}.")
     try:

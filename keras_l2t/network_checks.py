@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from keras_l2t.features import check_functional
+
 
 def check_source(source) -> None:
     if not isinstance(source, keras.Model):
@@ -32,17 +34,8 @@ def check_precision(target) -> None:
 
 def check_target(target) -> bool:
     """Checks the target has one (batch, classes) output; returns whether it is logits."""
-    if not isinstance(target, keras.Model):
-        raise ValueError(f"target must be a keras.Model, got {type(target).__name__}.")
-    try:
-        outputs = target.outputs
-    except (AttributeError, ValueError):
-        outputs = None
-    if not outputs:
-        raise ValueError(
-            f"The target model '{target.name}' is not a built functional model; build it "
-            "with the functional API so its feature maps can be tapped by name."
-        )
+    check_functional(target)
+    outputs = target.outputs
     if len(outputs) != 1 or len(outputs[0].shape) != 2:
         shapes = [tuple(o.shape) for o in outputs]
         raise ValueError(
