@@ -33,15 +33,13 @@ import re
 import keras
 import numpy as np
 
+from keras_l2t.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from keras_l2t.features import feature_map_layers
 from keras_l2t.networks import NETWORKS, build_network, default_taps, load_weights_file
 
 # The command-line flag that takes a local weights file (train.py).
 WEIGHTS_FLAG = "--source_weights"
 
-# Input normalisation used for every dataset (METHOD.md), RGB order.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # keras.applications ResNet "caffe" preprocessing: BGR means on the 0-255 scale.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
