@@ -21,3 +21,14 @@ def test_ci_runs_the_readme_test_command():
     command = re.search(r"```bash\n(python3 -m venv.*pytest)\n```", README.read_text()).group(1)
     ci = (README.parent / ".ci" / "run").read_text()
     assert command in ci
+
+
+def test_readme_table_names_only_registered_methods_and_pair_presets():
+    from keras_l2t.methods import METHODS
+    from keras_l2t.pairs import PAIR_PRESETS
+
+    text = README.read_text()
+    methods = set(re.findall(r"--method=(\w+)", text))
+    presets = set(re.findall(r"--pairs=(\w+)", text))
+    assert methods == set(METHODS)
+    assert presets and presets <= set(PAIR_PRESETS)
