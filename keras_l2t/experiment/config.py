@@ -1,0 +1,234 @@
+"""`ExperimentConfig`: everything one experiment needs, resolved, as plain data.
+
+`train.py` turns its absl flags into this dataclass (one flag per field, same name, the
+field's `help` metadata as the flag's help); nothing in `keras_l2t` reads flags. The
+resolved config is written to `<work_dir>/config.json` and compared on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Any
+
+from keras_l2t.experiment.errors import ExperimentError
+
+MODES = ("transfer", "pretrain_source")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+PROGRESS = ("auto", "bar", "line")
+LR_SCHEDULES = ("cosine", "constant")
+PAIR_PRESETS = ("all", "one_to_one", "single")
+
+# Fields that may change between a run and its resume without changing the experiment.
+RUNTIME_FIELDS = frozenset(
+    {
+        "work_dir", "data_dir", "download", "strategy", "cpu_devices", "progress",
+        "overwrite", "deterministic", "testing_kill_at_step", "source_weights",
+    }
+)
+
+
+def _field(default: Any, help: str) -> Any:  # noqa: A002 (absl's name)
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """One experiment: data, networks, transfer method, optimisation and run settings.
+
+    Every field is a `train.py` flag of the same name (see docs/experiments.md).
+
+    Example:
+        >>> config = ExperimentConfig(dataset="fashion_mnist", target="cnn_8_16",
+        ...                           method="scratch", epochs=1, work_dir="/tmp/run")
+        >>> config.validate()
+    """
+
+    # What to run.
+    mode: str = _field("transfer", "transfer: train the target from the source; "
+                       "pretrain_source: train --target alone as a future source.")
+    # Data.
+    dataset: str = _field("", "Dataset name: stanford_dogs, cub200, mit_indoor67, "
+                          "stanford40, cifar100, stl10, tiny_imagenet, fashion_mnist, "
+                          "image_folder.")
+    data_dir: str | None = _field(None, "TFDS data dir, image-folder root or idx folder.")
+    download: bool = _field(False, "Allow downloading a missing TFDS dataset.")
+    image_size: int | None = _field(None, "Image side; the dataset's default (224 or 32).")
+    samples_per_class: int | None = _field(None, "Keep this many training images per class.")
+    train_indices: str | None = _field(None, "START:STOP positions of the official train "
+                                       "split to use (before the validation carve).")
+    val_fraction: float = _field(0.1, "Class-balanced fraction of train held out as val.")
+    split_seed: int = _field(0, "Seed of the validation carve and samples_per_class.")
+    # Source.
+    source: str | None = _field(None, "ImageNet source (resnet50_imagenet, ...), a network "
+                                "name, or a .keras file. Unused by --method=scratch.")
+    source_weights: str | None = _field(None, "Local weights file for --source.")
+    source_num_classes: int | None = _field(None, "Classes of a network-name source's head.")
+    source_layers: list[str] | None = _field(None, "Source tap layers; default its stages.")
+    source_pretrain_epochs: int = _field(0, "Pretrain a network-name --source first, on "
+                                         "--source_pretrain_indices of --dataset (cached "
+                                         "in <work_dir>/source).")
+    source_pretrain_indices: str | None = _field(None, "START:STOP train positions for "
+                                                 "the source pretraining.")
+    source_pretrain_batch_size: int = _field(128, "Batch size of the source pretraining.")
+    # Target and transfer.
+    target: str = _field("", "Target network name (resnet18, vgg9, cnn_16_32_64, ...) or "
+                         "a .keras file.")
+    target_layers: list[str] | None = _field(None, "Target tap layers; default its stages.")
+    pairs: str = _field("", "all, one_to_one, single, or SRC:TGT,SRC:TGT,... layer pairs; "
+                        "empty: the method's default (l2t_ww: all).")
+    method: str = _field("l2t_ww", "scratch, lwf, at, lwf_at, fm, l2t_w or l2t_ww "
+                         "(keras_l2t.methods.METHODS).")
+    beta: float = _field(0.5, "Weight of the feature-matching loss.")
+    lookahead_steps: int = _field(2, "T, lookahead steps on the matching loss.")
+    pair_weight_activation: str = _field("relu6", "Output of the 'where' network.")
+    attention_beta: float = _field(1000.0, "Weight of the attention-transfer loss (at, "
+                                   "lwf_at).")
+    distillation_temperature: float = _field(2.0, "LwF softening temperature (lwf, lwf_at).")
+    distillation_weight: float = _field(1.0, "Weight of LwF's distillation loss.")
+    # Optimisation.
+    epochs: int = _field(200, "Training epochs.")
+    batch_size: int | None = _field(None, "Global batch; the dataset's default (64 / 128).")
+    eval_batch_size: int | None = _field(None, "Validation/test batch; default batch_size.")
+    learning_rate: float = _field(0.1, "Initial learning rate of the target (CoupledSGD).")
+    momentum: float = _field(0.9, "SGD momentum.")
+    weight_decay: float = _field(1e-4, "Coupled (torch-style) weight decay.")
+    lr_schedule: str = _field("cosine", "cosine (per step, to 0 at the end) or constant.")
+    meta_learning_rate: float = _field(1e-4, "Adam learning rate of the meta-networks.")
+    meta_weight_decay: float = _field(1e-4, "L2 added to the meta-gradient.")
+    seed: int = _field(0, "Seed of initialisation, shuffling and augmentation.")
+    deterministic: bool = _field(False, "Enable TensorFlow op determinism (slower).")
+    # Run.
+    work_dir: str = _field("", "Output directory; rerunning the command resumes there.")
+    strategy: str = _field("default", "default, mirrored or multi_worker (TF_CONFIG).")
+    cpu_devices: int = _field(0, "Split the CPU into N logical devices (for mirrored "
+                              "without GPUs).")
+    progress: str = _field("auto", "auto (bar when interactive), bar or line.")
+    max_steps_per_epoch: int | None = _field(None, "Cap the steps of each epoch (smoke "
+                                             "tests).")
+    overwrite: bool = _field(False, "Delete an existing experiment in work_dir first.")
+    testing_kill_at_step: int | None = _field(None, "Testing only: SIGKILL this process "
+                                              "at this global step.")
+
+    # ---------------------------------------------------------------- checks
+    def validate(self) -> None:
+        """Checks the fields on their own (no file or network access).
+
+        Raises:
+            ExperimentError: naming the flag and the fix.
+        """
+        _one_of("mode", self.mode, MODES)
+        _one_of("strategy", self.strategy, STRATEGIES)
+        _one_of("progress", self.progress, PROGRESS)
+        _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        for name in ("dataset", "target", "work_dir"):
+            if not getattr(self, name):
+                raise ExperimentError(f"--{name} is required.")
+        from keras_l2t.data import get_spec
+        from keras_l2t.methods import METHODS
+
+        try:
+            get_spec(self.dataset)
+        except ValueError as error:
+            raise ExperimentError(f"--dataset: {error}") from None
+        _one_of("method", self.method, tuple(sorted(METHODS)))
+        for name in ("epochs", "lookahead_steps", "source_pretrain_batch_size"):
+            if getattr(self, name) < 1:
+                raise ExperimentError(f"--{name} must be >= 1, got {getattr(self, name)}.")
+        for name in ("batch_size", "eval_batch_size", "image_size", "samples_per_class",
+                     "max_steps_per_epoch", "source_num_classes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ExperimentError(f"--{name} must be >= 1, got {value}.")
+        if self.source_pretrain_epochs < 0 or self.cpu_devices < 0:
+            raise ExperimentError("--source_pretrain_epochs and --cpu_devices must be >= 0.")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ExperimentError(f"--val_fraction must be in [0, 1), got {self.val_fraction}.")
+        if self.learning_rate <= 0 or self.meta_learning_rate < 0:
+            raise ExperimentError("--learning_rate must be > 0 and --meta_learning_rate >= 0.")
+        parse_range("train_indices", self.train_indices)
+        parse_range("source_pretrain_indices", self.source_pretrain_indices)
+        self.pair_list()
+        if self.mode == "transfer" and self.method != "scratch" and not self.source:
+            raise ExperimentError(
+                f"--method={self.method} needs --source (an ImageNet source such as "
+                "resnet50_imagenet, a network name, or a .keras file); or use "
+                "--method=scratch."
+            )
+        if self.pairs == "one_to_one" and self.source_layers and self.target_layers and (
+            len(self.source_layers) != len(self.target_layers)
+        ):
+            raise ExperimentError(
+                "--pairs=one_to_one needs as many --source_layers as --target_layers, got "
+                f"{len(self.source_layers)} and {len(self.target_layers)}."
+            )
+        if self.strategy == "multi_worker" and (
+            self.mode == "pretrain_source" or self.source_pretrain_epochs
+        ):
+            raise ExperimentError(
+                "Source pretraining uses keras fit(), which fails under "
+                "MultiWorkerMirroredStrategy in Keras 3: pretrain with --strategy=mirrored "
+                "or default, then pass the .keras file as --source."
+            )
+
+    def pair_list(self) -> str | list[tuple[str, str]] | None:
+        """`pairs` as TransferModel takes it: None (the method's default), a preset name,
+        or explicit (source layer, target layer) pairs."""
+        if not self.pairs:
+            return None
+        if self.pairs in PAIR_PRESETS:
+            return self.pairs
+        pairs = []
+        for item in self.pairs.split(","):
+            parts = item.strip().split(":")
+            if len(parts) != 2 or not all(parts):
+                raise ExperimentError(
+                    f"--pairs: cannot read {item!r}; use all, one_to_one, single or "
+                    "SRC_LAYER:TGT_LAYER,SRC_LAYER:TGT_LAYER,..."
+                )
+            pairs.append((parts[0], parts[1]))
+        return pairs
+
+    # ------------------------------------------------------------ (de)serialise
+    def to_dict(self) -> dict[str, Any]:
+        """The config as JSON-ready data."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """The config as indented JSON."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ExperimentConfig:
+        """The config from `to_dict` output; unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ExperimentError(f"Unknown config keys {unknown}.")
+        return cls(**values)
+
+    def differences(self, other: ExperimentConfig) -> list[str]:
+        """Names of the fields (other than `RUNTIME_FIELDS`) where the configs differ."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return sorted(k for k in mine if k not in RUNTIME_FIELDS and mine[k] != theirs.get(k))
+
+
+def parse_range(name: str, value: str | None) -> range | None:
+    """Parses "START:STOP" into a range (None stays None).
+
+    Example:
+        >>> parse_range("train_indices", "0:50000")
+        range(0, 50000)
+    """
+    if value is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", value)
+    if not match or int(match[1]) >= int(match[2]):
+        raise ExperimentError(f"--{name} must be START:STOP with START < STOP, got {value!r}.")
+    return range(int(match[1]), int(match[2]))
+
+
+def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ExperimentError(f"--{name}={value!r} is not one of {', '.join(choices)}.")

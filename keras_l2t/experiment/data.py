@@ -1,0 +1,102 @@
+"""The experiment's data: val/test once, and one train pipeline per epoch.
+
+Each epoch's train pipeline is shuffled and augmented with a seed derived from
+(seed, epoch), so epoch k sees the same batches whether or not the process was
+restarted before it: a resumed run repeats the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import tensorflow as tf
+
+from keras_l2t.data import DataSplits, get_spec, load_dataset, make_source
+from keras_l2t.experiment.config import ExperimentConfig, parse_range
+from keras_l2t.experiment.errors import ExperimentError
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffle/augmentation seed of one epoch (deterministic, distinct per epoch)."""
+    return (seed * 1_000_003 + epoch * 7_919 + 1) % (2**31 - 1)
+
+
+@dataclasses.dataclass
+class ExperimentData:
+    """Val and test pipelines, and a factory of per-epoch train pipelines.
+
+    Attributes:
+        splits: The `DataSplits` of epoch 0 (val, test, sizes, class names).
+        batch_size: Global train batch.
+        steps_per_epoch: Train steps in one epoch.
+        drop_remainder: Whether the last partial batch is dropped (several replicas).
+    """
+
+    splits: DataSplits
+    batch_size: int
+    steps_per_epoch: int
+    drop_remainder: bool
+    seed: int
+    _kwargs: dict
+
+    def train(self, epoch: int) -> tf.data.Dataset:
+        """The train pipeline of `epoch` (0-based)."""
+        seed = epoch_seed(self.seed, epoch)
+        return load_dataset(**self._kwargs, shuffle_seed=seed).train.take(self.steps_per_epoch)
+
+
+def load_data(config: ExperimentConfig, *, num_replicas: int = 1, train_indices=None,
+              samples_per_class=None, val_fraction=None, batch_size=None) -> ExperimentData:
+    """Loads the config's dataset (or, with the overrides, the source-pretraining data).
+
+    Args:
+        config: The experiment config.
+        num_replicas: Replicas in sync; the batch must divide by it.
+        train_indices, samples_per_class, val_fraction, batch_size: Overrides of
+            the config's values ("all" train indices, 0 samples per class: no limit).
+
+    Raises:
+        ExperimentError: for missing data, bad sizes or a batch the replicas cannot split.
+    """
+    spec = get_spec(config.dataset)
+    batch = batch_size or config.batch_size or spec.batch_size
+    if batch % num_replicas:
+        raise ExperimentError(
+            f"--batch_size={batch} does not divide by the {num_replicas} replicas; use a "
+            f"multiple of {num_replicas}, e.g. {num_replicas * max(1, batch // num_replicas)}."
+        )
+    drop_remainder = num_replicas > 1
+    try:
+        source = make_source(config.dataset, config.data_dir, download=config.download)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        raise ExperimentError(f"--dataset={config.dataset}: {error}".replace("\n", " ")) from None
+    kwargs = dict(
+        name=config.dataset,
+        source=source,
+        split_seed=config.split_seed,
+        val_fraction=config.val_fraction if val_fraction is None else val_fraction,
+        samples_per_class=(config.samples_per_class if samples_per_class is None
+                           else samples_per_class or None),
+        train_indices=(parse_range("train_indices", config.train_indices)
+                       if train_indices is None
+                       else None if train_indices == "all" else train_indices),
+        image_size=config.image_size,
+        batch_size=batch,
+        eval_batch_size=config.eval_batch_size or batch,
+        drop_remainder=drop_remainder,
+    )
+    try:
+        splits = load_dataset(**kwargs, shuffle_seed=epoch_seed(config.seed, 0))
+    except (FileNotFoundError, ValueError) as error:
+        raise ExperimentError(f"--dataset={config.dataset}: {error}".replace("\n", " ")) from None
+    rounding = math.floor if drop_remainder else math.ceil
+    steps = rounding(splits.num_train / batch)
+    if steps < 1:
+        raise ExperimentError(
+            f"--batch_size={batch} is larger than the {splits.num_train} training examples; "
+            "lower it."
+        )
+    if config.max_steps_per_epoch:
+        steps = min(steps, config.max_steps_per_epoch)
+    return ExperimentData(splits, batch, steps, drop_remainder, config.seed, kwargs)

@@ -1,0 +1,53 @@
+"""Exports the trained target as a SavedModel that serves raw uint8 images of any size.
+
+The `serve` signature (also `serving_default`) takes `images`, uint8 [batch, height,
+width, 3], applies the evaluation transform of training (`keras_l2t.data.augment`:
+resize / centre crop to the training size, ImageNet mean/std) and returns the logits,
+the softmax probabilities and the predicted classes. The SavedModel needs neither
+keras-l2t nor Keras to load: `tf.saved_model.load(path).serve(images)`.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from keras_l2t.data import augment
+
+
+def export_target(target: keras.Model, path: str, image_size: int,
+                  augmentation: str | None = None) -> None:
+    """Writes `target` with its preprocessing to `path` (a SavedModel directory).
+
+    Args:
+        target: The trained target network (float32 normalised images -> logits).
+        path: Output directory.
+        image_size: The side the target was trained at.
+        augmentation: The data's augmentation style; default by `image_size`.
+
+    Example:
+        >>> export_target(model.target, "run/export", 224)  # doctest: +SKIP
+        >>> served = tf.saved_model.load("run/export")  # doctest: +SKIP
+        >>> served.serve(tf.zeros([1, 300, 400, 3], tf.uint8))["classes"]  # doctest: +SKIP
+    """
+    transform = augment.eval_transform(
+        augmentation or augment.default_augmentation(image_size), image_size
+    )
+    archive = keras.export.ExportArchive()
+    archive.track(target)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    def serve(images):
+        pixels = tf.map_fn(
+            transform, images,
+            fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
+        )
+        logits = tf.cast(target(pixels, training=False), tf.float32)
+        return {
+            "logits": logits,
+            "probabilities": tf.nn.softmax(logits, axis=-1),
+            "classes": tf.argmax(logits, axis=-1, output_type=tf.int32),
+        }
+
+    archive.add_endpoint("serve", serve)
+    archive.write_out(path, verbose=False)

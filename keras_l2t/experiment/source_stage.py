@@ -1,0 +1,91 @@
+"""Source pretraining inside an experiment: the demo's cached source, and the
+`--mode=pretrain_source` runs (e.g. ResNet-32 on Tiny ImageNet)."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import tensorflow as tf
+
+from keras_l2t.experiment import models, work_dir
+from keras_l2t.experiment.config import ExperimentConfig, parse_range
+from keras_l2t.experiment.data import load_data
+from keras_l2t.experiment.loop import evaluate, interactive
+from keras_l2t.source_pretraining import SOURCE_FILE_NAME, pretrain_source
+
+
+def _verbose(config: ExperimentConfig) -> int:
+    return 1 if interactive(config.progress) else 2
+
+
+def cached_source(config: ExperimentConfig, strategy: tf.distribute.Strategy,
+                  source: keras.Model, test_ds: tf.data.Dataset | None) -> str:
+    """Pretrains the config's source network once (cached) and loads it into `source`.
+
+    The source trains on `--source_pretrain_indices` of `--dataset` (all classes, no
+    sample limit), `--source_pretrain_epochs` epochs, with the library's recipe
+    (`keras_l2t.source_pretraining`). The file is `<work_dir>/source/source.keras`;
+    an interrupted pretraining resumes, a finished one is reused.
+
+    Returns:
+        The path of the pretrained source file.
+    """
+    directory = work_dir.path(config.work_dir, work_dir.SOURCE)
+    path = os.path.join(directory, SOURCE_FILE_NAME)
+    if not os.path.exists(path):
+        data = load_data(
+            config, num_replicas=strategy.num_replicas_in_sync,
+            train_indices=parse_range("source_pretrain_indices",
+                                      config.source_pretrain_indices) or "all",
+            samples_per_class=0, val_fraction=0.0,
+            batch_size=config.source_pretrain_batch_size,
+        )
+        with strategy.scope():
+            network = models.build_network(
+                config.source, config.source_num_classes or data.splits.num_classes,
+                data.splits.image_size, exact_batch_norm=False,
+            )
+        print(f"Pretraining the source {config.source} on {data.splits.num_train} images "
+              f"for {config.source_pretrain_epochs} epochs (cached in {directory}).",
+              flush=True)
+        pretrain_source(network, data.splits.train, None, config.source_pretrain_epochs,
+                        directory, learning_rate=config.learning_rate,
+                        momentum=config.momentum, weight_decay=config.weight_decay,
+                        verbose=_verbose(config))
+    pretrained = keras.saving.load_model(path, compile=False)
+    source.set_weights(pretrained.get_weights())
+    if test_ds is not None:
+        accuracy = evaluate(pretrained, test_ds)["accuracy"]
+        print(f"Source {config.source}: test accuracy {accuracy:.4f}", flush=True)
+    return path
+
+
+def run_pretraining(config: ExperimentConfig, strategy: tf.distribute.Strategy) -> dict:
+    """`--mode=pretrain_source`: trains `--target` alone and saves it as a source.
+
+    Writes `<work_dir>/source.keras` (load it with `--source=<that path>`),
+    `history.csv`, and returns the results (also written to results.json by the caller).
+    """
+    data = load_data(config, num_replicas=strategy.num_replicas_in_sync)
+    splits = data.splits
+    with strategy.scope():
+        network = models.build_network(config.target, splits.num_classes, splits.image_size,
+                                       exact_batch_norm=False)
+    os.makedirs(config.work_dir, exist_ok=True)
+    work_dir.write_json_atomic(work_dir.path(config.work_dir, work_dir.CONFIG), config.to_dict())
+    path = pretrain_source(
+        network, splits.train, splits.val if splits.num_val else None, config.epochs,
+        config.work_dir, learning_rate=config.learning_rate, momentum=config.momentum,
+        weight_decay=config.weight_decay, verbose=_verbose(config),
+    )
+    test = evaluate(network, splits.test)
+    val = evaluate(network, splits.val if splits.num_val else None)
+    return {
+        "mode": "pretrain_source",
+        "source_file": os.path.abspath(path),
+        "val_accuracy": val.get("accuracy"),
+        "test_accuracy": test.get("accuracy"),
+        "epochs": config.epochs,
+        "num_classes": splits.num_classes,
+    }

@@ -1,0 +1,97 @@
+"""The work directory: its layout, a write probe, atomic files, and its saved config.
+
+    <work_dir>/config.json          the resolved config
+    <work_dir>/log.csv              one row per epoch
+    <work_dir>/tensorboard/         TensorBoard event files
+    <work_dir>/checkpoints/last/    tf.train.Checkpoint of the last finished epoch
+    <work_dir>/checkpoints/best/    the same, at the best validation accuracy
+    <work_dir>/source/              a source pretrained by the experiment (cache)
+    <work_dir>/results.json         final results (written last)
+    <work_dir>/target.keras         the trained target (best epoch)
+    <work_dir>/export/              SavedModel of the target, uint8-image signature
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+from keras_l2t.experiment.errors import ExperimentError
+
+CONFIG = "config.json"
+RESULTS = "results.json"
+LOG = "log.csv"
+TENSORBOARD = "tensorboard"
+LAST = os.path.join("checkpoints", "last")
+BEST = os.path.join("checkpoints", "best")
+SOURCE = "source"
+TARGET = "target.keras"
+EXPORT = "export"
+
+
+def path(work_dir: str, name: str) -> str:
+    """`name` inside `work_dir`."""
+    return os.path.join(work_dir, name)
+
+
+def check_writable(work_dir: str) -> None:
+    """Checks that `work_dir` can be created and written, leaving nothing behind.
+
+    Raises:
+        ExperimentError: naming the directory and the fix.
+    """
+    existing = os.path.abspath(work_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ExperimentError(
+            f"--work_dir={work_dir}: '{existing}' is a file, not a directory; choose "
+            "another --work_dir."
+        )
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write_probe"):
+            pass
+    except OSError as error:
+        raise ExperimentError(
+            f"--work_dir={work_dir} cannot be written ({error.strerror} in '{existing}'); "
+            "choose a writable --work_dir."
+        ) from None
+
+
+def write_json_atomic(filename: str, value) -> None:
+    """Writes JSON to a temporary file and renames it, so readers never see half a file."""
+    directory = os.path.dirname(os.path.abspath(filename))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp_")
+    with os.fdopen(handle, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(temporary, filename)
+
+
+def read_json(filename: str):
+    """The JSON content of `filename`, or None if it does not exist."""
+    if not os.path.exists(filename):
+        return None
+    with open(filename) as f:
+        return json.load(f)
+
+
+def clear(work_dir: str) -> None:
+    """Deletes an earlier experiment (only a directory holding a config.json).
+
+    Raises:
+        ExperimentError: when `work_dir` holds files but no experiment.
+    """
+    if not os.path.exists(work_dir):
+        return
+    if not os.path.exists(path(work_dir, CONFIG)):
+        if os.listdir(work_dir):
+            raise ExperimentError(
+                f"--overwrite: '{work_dir}' is not an experiment directory (no {CONFIG}); "
+                "refusing to delete it. Choose another --work_dir."
+            )
+        return
+    shutil.rmtree(work_dir)

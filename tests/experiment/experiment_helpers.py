@@ -1,0 +1,84 @@
+"""Shared set-up for the experiment tests: tiny idx data, a tiny source, train.py runs."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN = os.path.join(ROOT, "train.py")
+NUM_TRAIN, NUM_TEST = 60, 20
+
+
+def write_idx(path: str, array: np.ndarray) -> None:
+    """Writes a uint8 idx file (gzipped)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def make_fashion_dir(directory: str) -> str:
+    """Tiny Fashion-MNIST-format data: class c is a bright bar at row 2c, with noise."""
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", NUM_TRAIN), ("t10k", NUM_TEST)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 60, size=(n, 28, 28))
+        for i, label in enumerate(labels):
+            images[i, 2 * label + 4: 2 * label + 7, :] = 250
+        write_idx(os.path.join(directory, f"{split}-images-idx3-ubyte.gz"), images)
+        write_idx(os.path.join(directory, f"{split}-labels-idx1-ubyte.gz"), labels)
+    return directory
+
+
+def make_source_file(path: str) -> str:
+    """A small random 'pretrained' source network saved as .keras (8 px input)."""
+    import keras
+
+    from keras_l2t.experiment.small_networks import small_cnn
+
+    keras.utils.set_random_seed(1)
+    small_cnn("cnn_4_6", num_classes=10, input_shape=(8, 8, 3), exact_batch_norm=False).save(path)
+    return path
+
+
+def tiny_flags(work_dir: str, data_dir: str, source: str, **overrides) -> list[str]:
+    """Flags of a seconds-long L2T-ww run: 8 px, two-stage CNNs, 4 pairs."""
+    values = dict(
+        dataset="fashion_mnist", data_dir=data_dir, image_size=8, val_fraction=0.2,
+        source=source, target="cnn_3_4", method="l2t_ww", pairs="all", epochs=3,
+        batch_size=8, eval_batch_size=16, meta_learning_rate=0.01, seed=3,
+        work_dir=work_dir, progress="line",
+    )
+    values.update(overrides)
+    return [f"--{k}={v}" for k, v in values.items() if v is not None]
+
+
+def run_train(flags: list[str], env: dict | None = None, timeout: int = 180,
+              **kwargs) -> subprocess.CompletedProcess:
+    """Runs train.py in a fresh process; returns the finished process (text output)."""
+    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+    return subprocess.run([sys.executable, TRAIN, *flags], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=ROOT, **kwargs)
+
+
+def checkpoint_values(directory: str) -> dict[str, np.ndarray]:
+    """Every variable of the latest checkpoint in `directory`, by name."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(directory))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+
+
+def load_json(path: str):
+    """The JSON content of a file."""
+    import json
+
+    with open(path) as f:
+        return json.load(f)

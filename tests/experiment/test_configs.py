@@ -1,0 +1,81 @@
+"""Every flagfile in configs/ parses, validates, and is headed by its command."""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+
+import pytest
+from absl import flags
+from experiment_helpers import ROOT, TRAIN
+
+from keras_l2t.experiment import ExperimentConfig
+
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.flags")))
+PUBLISHED = {"dogs": "78.1", "cub200": "65.1", "mit67": "64.9", "stanford40": "63.1"}
+
+
+def _train_module():
+    spec = importlib.util.spec_from_file_location("train_cli", TRAIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _parse(argv: list[str]) -> ExperimentConfig:
+    train = _train_module()
+    values = flags.FlagValues()
+    train.define_flags(values)
+    values(["train.py", *argv])
+    return train.config_from_flags(values)
+
+
+def test_the_paper_experiments_and_the_demo_have_configs():
+    names = {os.path.basename(path)[:-6] for path in CONFIGS}
+    assert {"dogs", "cub200", "mit67", "stanford40", "cifar100", "stl10", "tiny_imagenet",
+            "demo"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p))
+def test_config_parses_validates_and_names_its_command(path):
+    name = os.path.basename(path)[:-6]
+    with open(path) as f:
+        text = f.read()
+    assert f"python train.py --flagfile=configs/{name}.flags" in text
+    if name in PUBLISHED:
+        assert PUBLISHED[name] in text
+    config = _parse([f"--flagfile={path}"])
+    config.validate()
+    assert config.work_dir == f"runs/{name}" or name == "tiny_imagenet"
+
+
+def test_command_line_overrides_the_flagfile():
+    path = os.path.join(ROOT, "configs", "dogs.flags")
+    config = _parse([f"--flagfile={path}", "--epochs=3", "--method=scratch"])
+    assert (config.epochs, config.method, config.dataset) == (3, "scratch", "stanford_dogs")
+
+
+def test_every_config_field_is_a_flag_with_help():
+    train = _train_module()
+    values = flags.FlagValues()
+    train.define_flags(values)
+    for field in ExperimentConfig.__dataclass_fields__.values():
+        assert values[field.name].help == field.metadata["help"]
+
+
+def test_unavailable_source_weights_print_only_their_message(monkeypatch, capsys):
+    from keras_l2t.sources import SourceWeightsUnavailable
+
+    train = _train_module()
+    values = flags.FlagValues()
+    train.define_flags(values)
+    values(["train.py", f"--flagfile={os.path.join(ROOT, 'configs', 'dogs.flags')}"])
+
+    def offline(config):
+        raise SourceWeightsUnavailable("Could not download ...; pass --source_weights=PATH.")
+
+    monkeypatch.setattr(train, "run_experiment", offline)
+    assert train.main(["train.py"], values) == 1
+    err = capsys.readouterr().err
+    assert err == "error: Could not download ...; pass --source_weights=PATH.\n"

@@ -1,0 +1,32 @@
+"""--strategy=mirrored over two logical CPU devices (--cpu_devices=2), in a subprocess.
+
+A subprocess, because two MirroredStrategy objects in one process share collective
+instance keys: a second strategy's all-reduces would collide with this run's.
+"""
+
+from __future__ import annotations
+
+import os
+
+from experiment_helpers import load_json, run_train, tiny_flags
+
+
+def test_mirrored_run_over_two_replicas(tmp_path, fashion_dir, source_file):
+    work_dir = str(tmp_path / "run")
+    flags = tiny_flags(work_dir, fashion_dir, source_file, strategy="mirrored", cpu_devices=2,
+                       epochs=1, max_steps_per_epoch=2)
+
+    odd = run_train([*flags, "--batch_size=7"])
+    assert odd.returncode == 2
+    assert odd.stderr.strip().splitlines()[-1] == (
+        "error: --batch_size=7 does not divide by the 2 replicas; use a multiple of 2, "
+        "e.g. 6."
+    )
+    assert not os.path.exists(work_dir)
+
+    process = run_train(flags)
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "2 replica(s), 2 steps/epoch" in process.stdout and "epoch 1/1" in process.stdout
+    results = load_json(os.path.join(work_dir, "results.json"))
+    assert 0.0 <= results["test_accuracy"] <= 1.0
+    assert os.path.isdir(os.path.join(work_dir, "export"))

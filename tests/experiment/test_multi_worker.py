@@ -1,0 +1,55 @@
+"""--strategy=multi_worker: two processes on loopback train in step; only the chief writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+from experiment_helpers import ROOT, TRAIN, load_json, tiny_flags
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_finish_with_identical_weights(tmp_path, fashion_dir, source_file):
+    work_dir = str(tmp_path / "run")
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    flags = tiny_flags(work_dir, fashion_dir, source_file, strategy="multi_worker", epochs=1,
+                       max_steps_per_epoch=2)
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        processes.append(subprocess.Popen(
+            [sys.executable, TRAIN, *flags], cwd=ROOT, env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        ))
+    outputs = []
+    for process in processes:
+        try:
+            stdout, stderr = process.communicate(timeout=240)
+        finally:
+            process.kill()
+        assert process.returncode == 0, stderr[-3000:]
+        outputs.append(stdout)
+
+    hashes = [re.search(r"Target weights sha1 ([0-9a-f]{40})", out)[1] for out in outputs]
+    assert hashes[0] == hashes[1]
+    assert all("2 replica(s), 2 steps/epoch" in out for out in outputs)
+    results = load_json(os.path.join(work_dir, "results.json"))
+    assert results["target_weights_sha1"] == hashes[0]
+    # Only the chief (worker 0) wrote: one row per epoch, one checkpoint set.
+    with open(os.path.join(work_dir, "log.csv")) as f:
+        assert len(f.read().splitlines()) == 2
+    assert sorted(os.listdir(os.path.join(work_dir, "checkpoints"))) == ["best", "last"]

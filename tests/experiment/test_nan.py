@@ -1,0 +1,44 @@
+"""A NaN loss stops the run naming the step; the last good checkpoint stays intact."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from experiment_helpers import checkpoint_values, load_json
+
+from keras_l2t.experiment import ExperimentConfig, NonFiniteLoss, run_experiment
+from keras_l2t.experiment.data import ExperimentData
+
+
+def test_nan_loss_stops_at_its_step_and_keeps_the_last_checkpoint(tmp_path, fashion_dir,
+                                                                  source_file, monkeypatch):
+    original = ExperimentData.train
+
+    def poisoned(self, epoch):
+        dataset = original(self, epoch)
+        if epoch < 1:
+            return dataset
+        # From the second batch of the second epoch on, the images are NaN.
+        def poison(index, batch):
+            x, y = batch
+            return tf.where(index >= 1, tf.fill(tf.shape(x), np.nan), x), y
+        return dataset.enumerate().map(poison)
+
+    monkeypatch.setattr(ExperimentData, "train", poisoned)
+    work_dir = str(tmp_path / "run")
+    config = ExperimentConfig(
+        dataset="fashion_mnist", data_dir=fashion_dir, image_size=8, val_fraction=0.2,
+        source=source_file, target="cnn_3_4", epochs=3, batch_size=8, work_dir=work_dir,
+        progress="line",
+    )
+    with pytest.raises(NonFiniteLoss, match=r"nan at epoch 2, step 2 \(global step \d+\)"):
+        run_experiment(config)
+    last = os.path.join(work_dir, "checkpoints", "last")
+    values = checkpoint_values(last)
+    assert int(values["epoch/.ATTRIBUTES/VARIABLE_VALUE"]) == 1
+    assert all(np.all(np.isfinite(v)) for v in values.values() if v.dtype.kind == "f")
+    assert not os.path.exists(os.path.join(work_dir, "results.json"))
+    assert load_json(os.path.join(work_dir, "config.json"))["epochs"] == 3

@@ -1,0 +1,73 @@
+"""The work directory of a finished run, and its export served without keras-l2t."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+from experiment_helpers import load_json
+
+from keras_l2t.data import augment, load_fashion_mnist_arrays
+
+
+def test_work_dir_holds_config_logs_checkpoints_and_results(finished_run):
+    work_dir, flags, process = finished_run
+    config = load_json(os.path.join(work_dir, "config.json"))
+    assert config["method"] == "l2t_ww" and config["epochs"] == 3 and config["seed"] == 3
+    results = load_json(os.path.join(work_dir, "results.json"))
+    assert 1 <= results["best_epoch"] <= 3
+    assert 0.0 <= results["test_accuracy"] <= 1.0 and results["num_test"] == 20
+    with open(os.path.join(work_dir, "log.csv")) as f:
+        header, *rows = f.read().splitlines()
+    assert len(rows) == 3 and "val_accuracy" in header and "matching_loss" in header
+    best_row = dict(zip(header.split(","), rows[results["best_epoch"] - 1].split(",")))
+    assert abs(float(best_row["val_accuracy"]) - results["best_val_accuracy"]) < 1e-5
+    assert results["best_val_accuracy"] == max(
+        float(dict(zip(header.split(","), row.split(",")))["val_accuracy"]) for row in rows
+    ) or abs(results["best_val_accuracy"] - max(
+        float(dict(zip(header.split(","), row.split(",")))["val_accuracy"]) for row in rows
+    )) < 1e-5
+    assert any(n.startswith("events.out") for n in os.listdir(os.path.join(work_dir,
+                                                                            "tensorboard")))
+    for slot in ("last", "best"):
+        assert os.path.exists(os.path.join(work_dir, "checkpoints", slot, "checkpoint"))
+    assert os.path.exists(os.path.join(work_dir, "target.keras"))
+    assert "epoch 3/3" in process.stdout  # one line per epoch when not interactive
+
+
+def test_export_serves_uint8_images_in_a_process_without_keras_l2t(finished_run, fashion_dir,
+                                                                   tmp_path):
+    import keras
+    import tensorflow as tf
+
+    work_dir, _, _ = finished_run
+    results = load_json(os.path.join(work_dir, "results.json"))
+    images, labels = load_fashion_mnist_arrays(fashion_dir)["test"]
+    raw = np.repeat(images[..., None], 3, axis=-1)  # uint8, 28 x 28, not the 8 px trained on
+    np.save(tmp_path / "raw.npy", raw)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["keras_l2t"] = None  # importing it would fail: prove it is not needed
+        import numpy as np, tensorflow as tf
+        served = tf.saved_model.load({results["export_dir"]!r})
+        out = served.serve(tf.constant(np.load({str(tmp_path / "raw.npy")!r})))
+        np.save({str(tmp_path / "classes.npy")!r}, out["classes"].numpy())
+        np.save({str(tmp_path / "logits.npy")!r}, out["logits"].numpy())
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120,
+                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    served_classes = np.load(tmp_path / "classes.npy")
+
+    target = keras.models.load_model(os.path.join(work_dir, "target.keras"), compile=False)
+    transform = augment.eval_transform("pad_crop", 8)
+    pixels = np.stack([transform(tf.constant(image)).numpy() for image in raw])
+    logits = target.predict(pixels, verbose=0)
+    np.testing.assert_array_equal(served_classes, logits.argmax(axis=1))
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), logits, rtol=1e-4, atol=1e-4)
+    # The exported model is the one whose test accuracy results.json reports.
+    assert np.mean(served_classes == labels) == results["test_accuracy"]

@@ -1,0 +1,72 @@
+"""Resume: a run SIGKILLed mid-epoch and rerun ends exactly where an uninterrupted run does."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+
+import numpy as np
+from experiment_helpers import checkpoint_values, run_train, tiny_flags
+
+
+def _epochs_in_log(work_dir: str) -> list[int]:
+    with open(os.path.join(work_dir, "log.csv"), newline="") as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, finished_run, fashion_dir,
+                                                        source_file):
+    full_dir, _, full = finished_run
+    steps = int(full.stdout.split(" steps/epoch")[0].rsplit(" ", 1)[-1])
+    work_dir = str(tmp_path / "killed")
+    flags = tiny_flags(work_dir, fashion_dir, source_file, deterministic=True)
+
+    # Killed in the middle of the second epoch (step 2 of it).
+    killed = run_train([*flags, f"--testing_kill_at_step={steps + 2}"])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert "epoch 1/3" in killed.stdout and "epoch 2/3" not in killed.stdout
+    assert not os.path.exists(os.path.join(work_dir, "results.json"))
+    assert int(checkpoint_values(os.path.join(work_dir, "checkpoints", "last"))["epoch/"
+               ".ATTRIBUTES/VARIABLE_VALUE"]) == 1
+
+    resumed = run_train(flags)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming after epoch 1 of 3" in resumed.stdout
+    assert "epoch 1/3" not in resumed.stdout and "epoch 3/3" in resumed.stdout
+    assert _epochs_in_log(work_dir) == [0, 1, 2]
+
+    expected = checkpoint_values(os.path.join(full_dir, "checkpoints", "last"))
+    actual = checkpoint_values(os.path.join(work_dir, "checkpoints", "last"))
+    assert sorted(actual) == sorted(expected)
+    # The meta-networks, both optimizers (momentum, Adam moments, iteration counters:
+    # the learning-rate schedule's position) and the epoch counter are all in there.
+    names = " ".join(expected)
+    for part in ("channel_weight_networks_0", "pair_weight_networks_0", "optimizer/_iterations",
+                 "meta_optimizer/_iterations", "meta_optimizer/_variables", "epoch/"):
+        assert part in names, part
+    for name, value in expected.items():
+        np.testing.assert_allclose(actual[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert int(expected["optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"]) == 3 * steps
+
+
+def test_finished_run_is_not_retrained(finished_run):
+    work_dir, flags, _ = finished_run
+    stamps = {
+        name: os.path.getmtime(os.path.join(work_dir, name))
+        for name in ("results.json", "log.csv", "target.keras")
+    }
+    again = run_train(flags)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already finished" in again.stdout
+    assert "epoch 1/3" not in again.stdout
+    for name, stamp in stamps.items():
+        assert os.path.getmtime(os.path.join(work_dir, name)) == stamp, name
+
+
+def test_a_different_experiment_in_the_work_dir_is_refused(finished_run):
+    work_dir, flags, _ = finished_run
+    changed = run_train([*flags, "--learning_rate=0.05"])
+    assert changed.returncode == 2
+    assert "holds a different experiment" in changed.stderr
+    assert "learning_rate" in changed.stderr
