@@ -103,7 +103,10 @@ def pretrain_source(
         keras.callbacks.BackupAndRestore(os.path.join(work_dir, "backup")),
         keras.callbacks.CSVLogger(os.path.join(work_dir, "history.csv"), append=True),
     ]
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=verbose)
+    model.fit(
+        train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, shuffle=False,
+        verbose=verbose,
+    )  # shuffle=False: the dataset shuffles itself; Keras would only warn
     path = os.path.join(work_dir, SOURCE_FILE_NAME)
     model.save(path)
     return path
