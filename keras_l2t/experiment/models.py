@@ -120,7 +120,7 @@ def build_transfer_model(config: ExperimentConfig, source: keras.Model,
     """
     method = get_method(config.method)
     kwargs = {}
-    if getattr(method, "uses_pairs", method.matches_features):
+    if method.uses_pairs:
         kwargs = dict(
             pairs=config.pair_list(),
             source_layers=config.source_layers or default_layers(config.source, source),
