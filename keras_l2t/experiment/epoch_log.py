@@ -14,6 +14,12 @@ _SCALAR = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
     data_class=summary_pb2.DATA_CLASS_SCALAR,
 )
+# Likewise for an image: a string tensor [width, height, png bytes], as
+# `tensorboard.summary.image` writes it.
+_IMAGE = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="images"),
+    data_class=summary_pb2.DATA_CLASS_BLOB_SEQUENCE,
+)
 
 
 class EpochLog:
@@ -58,6 +64,22 @@ class EpochLog:
             for key, value in logs.items():
                 tf.summary.write(key, tf.constant(value, tf.float32), metadata=_SCALAR)
         self.writer.flush()
+
+    def write_image(self, epoch: int, name: str, png: bytes) -> None:
+        """Records a PNG image under `name` at epoch `epoch` (0-based) in TensorBoard."""
+        shape = tf.shape(tf.io.decode_png(png))
+        value = tf.stack([tf.as_string(shape[1]), tf.as_string(shape[0]), tf.constant(png)])
+        with self.writer.as_default(step=epoch):
+            tf.summary.write(name, value, metadata=_IMAGE)
+        self.writer.flush()
+
+    def read(self) -> dict[str, list[float]]:
+        """The CSV log as columns: metric name -> one value per recorded epoch."""
+        if not os.path.exists(self.csv_path):
+            return {}
+        with open(self.csv_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        return {key: [float(row[key]) for row in rows] for key in (rows[0] if rows else {})}
 
     def _rewrite(self, rows: list[dict], fieldnames: list[str]) -> None:
         temporary = self.csv_path + ".tmp"

@@ -24,6 +24,7 @@ from keras_l2t.experiment.epoch_log import EpochLog
 from keras_l2t.experiment.errors import ExperimentError
 from keras_l2t.experiment.export import export_target
 from keras_l2t.experiment.loop import TrainLoop, evaluate, interactive
+from keras_l2t.experiment.picture_log import PictureLog
 from keras_l2t.experiment.strategy import is_chief, is_multi_worker, make_strategy
 
 
@@ -119,8 +120,12 @@ def _run_transfer(config: ExperimentConfig, strategy: tf.distribute.Strategy) ->
     start = state.restore_last()
     log = EpochLog(work_dir.path(config.work_dir, work_dir.LOG),
                    work_dir.path(config.work_dir, work_dir.TENSORBOARD)) if chief else None
+    pictures = None
     if log is not None:
         log.truncate(start)
+        sample = splits.val if splits.num_val else data.train(0)
+        pictures = PictureLog(model, next(iter(sample.take(1)))[0], log,
+                              os.path.join(config.work_dir, "pictures"))
     _log(f"{config.method}: {config.source or '-'} -> {config.target} on {config.dataset} "
          f"({splits.num_train} train / {splits.num_val} val / {splits.num_test} test, "
          f"{splits.num_classes} classes, {len(model.pairs)} pairs), "
@@ -142,6 +147,7 @@ def _run_transfer(config: ExperimentConfig, strategy: tf.distribute.Strategy) ->
         logs.update(learning_rate=learning_rate, seconds=time.time() - began)
         if log is not None:
             log.write(epoch, logs)
+            pictures.epoch(epoch)
         best = state.save(epoch + 1, val.get("accuracy", float(epoch)))
         _log(f"epoch {epoch + 1}/{config.epochs}: loss {logs['loss']:.4f} accuracy "
              f"{logs.get('accuracy', float('nan')):.4f} val_accuracy "
@@ -174,6 +180,9 @@ def _run_transfer(config: ExperimentConfig, strategy: tf.distribute.Strategy) ->
         "target_weights_sha1": _fingerprint(model.target),
     }
     if chief:
+        # The final pictures show the meta-networks of the best epoch (restored above),
+        # the one results.json reports; the course over epochs shows every epoch.
+        pictures.finish(max(config.epochs - 1, 0))
         _write_outputs(config, model, splits.image_size, results)
     elif scratch:
         shutil.rmtree(scratch, ignore_errors=True)

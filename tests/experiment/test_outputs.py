@@ -71,3 +71,24 @@ def test_export_serves_uint8_images_in_a_process_without_keras_l2t(finished_run,
     np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), logits, rtol=1e-4, atol=1e-4)
     # The exported model is the one whose test accuracy results.json reports.
     assert np.mean(served_classes == labels) == results["test_accuracy"]
+
+
+def test_an_l2t_ww_run_draws_its_learned_weights(finished_run):
+    import tensorflow as tf
+
+    work_dir, _, _ = finished_run
+    names = sorted(os.listdir(os.path.join(work_dir, "pictures")))
+    assert names == ["channel_weights.png", "pair_weights.png", "pair_weights_over_epochs.png"]
+    for name in names:
+        with open(os.path.join(work_dir, "pictures", name), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    tags = {}
+    events = os.path.join(work_dir, "tensorboard")
+    for name in os.listdir(events):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(events, name)):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "images":
+                    tags.setdefault(value.tag, set()).add(event.step)
+    assert tags["pair_weights"] == {0, 1, 2}  # one heatmap per epoch
+    assert tags["channel_weights"] == {0, 1, 2}
+    assert "final/pair_weights_over_epochs" in tags
