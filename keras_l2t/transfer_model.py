@@ -287,9 +287,9 @@ class TransferModel(keras.Model):
         return config
 
     def compile_from_config(self, config):
-        """Recompiles a loaded model. The meta-optimizer's configuration is restored, not
-        its state: a `.keras` file holds one optimizer's variables (resume from a
-        checkpoint to keep both)."""
+        """Recompiles a loaded model with both optimizers, before Keras restores their
+        state (the meta-optimizer is an attribute of the model, so `.keras` files and
+        `save_weights` hold its variables too)."""
         self.compile(**keras.saving.deserialize_keras_object(config))
 
     # ------------------------------------------------------------------- forward

@@ -36,6 +36,9 @@ def test_transfer_model_round_trips_through_a_keras_file(tmp_path):
     for a, b in zip(model.optimizer.momentums, loaded.optimizer.momentums):
         np.testing.assert_array_equal(a.numpy(), b.numpy())  # theta optimizer state too
     assert loaded.meta_optimizer.learning_rate.numpy() == np.float32(1e-2)
+    assert loaded.meta_optimizer.iterations.numpy() == 2  # the meta-optimizer's state too
+    for a, b in zip(model.meta_optimizer.variables, loaded.meta_optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert keras_l2t.is_batch_norm_exact(loaded.target)
     loaded.fit(x, np.zeros(8, "int32"), batch_size=4, epochs=1, verbose=0)  # still trains
 
