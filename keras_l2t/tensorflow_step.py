@@ -139,9 +139,12 @@ def meta_gradient(model, x, y, source, learning_rate, batch, second_order=True):
     buffers = model.update_rule.slots(theta)
     non_trainable = [tf.convert_to_tensor(v) for v in model.target_non_trainable_variables]
 
+    weights = []  # w and lambda from phi, computed once inside the meta tape
+
     def matching_objective(params):
+        if not weights:
+            weights.extend(model.pair_weights(source))  # phi enters here
         student = model.student_forward(x, params, non_trainable)
-        weights = model.pair_weights(source)  # phi enters here
         matching = model.loss_terms(y, student, source, *weights)["matching"]
         return tf.reduce_sum(matching) / batch
 
