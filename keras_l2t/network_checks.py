@@ -32,18 +32,23 @@ def check_precision(target) -> None:
             )
 
 
-def check_target(target) -> bool:
-    """Checks the target has one (batch, classes) output; returns whether it is logits."""
-    check_functional(target)
-    outputs = target.outputs
+def check_target(model, role: str = "target") -> bool:
+    """Checks `model` has one (batch, classes) output; returns whether it is logits.
+
+    Args:
+        model: The target (or, for LwF, the source) network.
+        role: "target" or "source", for the error message.
+    """
+    check_functional(model)
+    outputs = model.outputs
     if len(outputs) != 1 or len(outputs[0].shape) != 2:
         shapes = [tuple(o.shape) for o in outputs]
         raise ValueError(
-            f"The target model '{target.name}' must end in a classification head with one "
+            f"The {role} model '{model.name}' must end in a classification head with one "
             f"(batch, classes) output; its outputs have shapes {shapes}. Add e.g. "
             "GlobalAveragePooling2D and Dense(num_classes)."
         )
-    return outputs_logits(target)
+    return outputs_logits(model)
 
 
 def outputs_logits(model: keras.Model) -> bool:

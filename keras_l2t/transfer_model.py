@@ -164,7 +164,7 @@ class TransferModel(keras.Model):
 
         source_outputs = [feature_map_output(self.source, n) for n in source_names]
         if distills:
-            check_target(self.source)  # LwF needs the source's (batch, classes) outputs
+            check_target(self.source, role="source")  # LwF distils its class outputs
             source_outputs.append(self.source.outputs[0])
         source_taps = (
             keras.Model(self.source.inputs[0], source_outputs, name="source_taps")
@@ -182,9 +182,9 @@ class TransferModel(keras.Model):
 
     def _build_pair_modules(self):
         self.adapters, self.channel_weight_networks, self.pair_weight_networks = [], [], []
-        for i, (s, t) in enumerate(zip(self._pair_source_index, self._pair_target_index)):
-            if not self.method.matches_features:
-                break
+        matching_pairs = self.pairs if self.method.matches_features else []
+        for i in range(len(matching_pairs)):
+            s, t = self._pair_source_index[i], self._pair_target_index[i]
             channels = self._source_shapes[s][-1]
             adapter = FeatureAdapter(channels, name=f"adapter_{i}", dtype=self.loss_dtype)
             adapter.build(self._target_shapes[t])

@@ -107,6 +107,6 @@ def test_lwf_reads_a_softmax_source_as_probabilities():
 def test_lwf_needs_a_source_classifier():
     inputs = keras.Input((8, 8, 3))
     maps = keras.layers.Conv2D(2, 3, name="s_conv")(inputs)
-    with pytest.raises(ValueError, match="classification head"):
+    with pytest.raises(ValueError, match="source model .* classification head"):
         keras_l2t.TransferModel(keras.Model(inputs, maps), conv_net("tgt", [2, 3], 3),
                                 method="lwf")
