@@ -7,8 +7,10 @@ Tiny ImageNet 64 -> 32, Fashion-MNIST 28 -> 32); train = zero-pad 4, random crop
 horizontal flip; eval = the resize only. Every image is RGB (grayscale repeated to three
 channels), float32, scaled to [0, 1] and normalised with the ImageNet mean and std.
 
-Randomness is stateless: each example carries its own seed, so a pipeline with a given
-seed yields the same augmented batches on every run.
+Randomness is stateless: each example carries its own seed. The per-example seeds and
+the shuffle order come from tf.data ops seeded with the pipeline's seed, which
+TensorFlow combines with its global seed: a pipeline yields the same batches on every
+run when both are the same (call `keras.utils.set_random_seed` before building it).
 
 Departures from torchvision, which the reference uses: the crop box is sampled by
 `tf.image.stateless_sample_distorted_bounding_box` (uniform aspect ratio rather than

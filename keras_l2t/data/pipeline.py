@@ -34,8 +34,10 @@ def build_pipeline(
     """Turns a dataset of (x, label) into batches of (float32 image, int32 label).
 
     Training pipelines shuffle (reshuffled every epoch) and augment with per-example
-    stateless seeds drawn from ``seed``, so two pipelines with one seed give identical
-    batches, epoch after epoch. Evaluation pipelines keep the order and do not augment.
+    stateless seeds drawn from ``seed``, so two pipelines with one seed, built under the
+    same TensorFlow global seed (`keras.utils.set_random_seed`), give identical batches,
+    epoch after epoch; a different global seed gives a different order. Evaluation
+    pipelines keep the order and do not augment.
 
     Args:
         ds: elements (x, label); ``kind`` says what x is (PATH, ENCODED or ARRAY).
