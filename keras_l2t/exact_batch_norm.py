@@ -57,7 +57,10 @@ def make_batch_norm_exact(model: keras.layers.Layer) -> list[str]:
 
 
 def is_batch_norm_exact(model: keras.layers.Layer) -> bool:
-    """Returns True when every BatchNormalization inside `model` uses exact moments."""
+    """Returns True when every BatchNormalization inside `model` uses exact moments
+    (always on JAX, whose BatchNormalization keeps every gradient)."""
+    if keras.backend.backend() != "tensorflow":
+        return True
     return all(
         layer.synchronized
         for layer in _all_layers(model)

@@ -89,13 +89,11 @@ def unrolled_meta_gradient(
     return meta_loss, meta_grads
 
 
-def train_step(model, x, y):
-    """Runs one iteration of `model` (a `TransferModel`) on one batch.
+def train_step(model, data) -> dict:
+    """Runs one iteration of `model` (a `TransferModel`) on one batch; returns the logs."""
+    from keras_l2t.transfer_model import unpack
 
-    Returns:
-        The per-example loss terms of the real step, its logits, the channel and pair
-        weights it used, and the meta objective (None for methods without meta-networks).
-    """
+    x, y = unpack(data)
     batch = global_batch_size(x, model.loss_dtype)
     source = model.source_forward(x)  # the only source forward of this batch
     learning_rate = tf.convert_to_tensor(model.optimizer.learning_rate)  # before the step
@@ -108,24 +106,36 @@ def train_step(model, x, y):
     # 1. Real step on all of the method's terms with phi fixed; BN statistics update here.
     theta = model.theta_variables
     with tf.GradientTape() as tape:
-        student = model.student_forward(x)
-        terms = model.loss_terms(y, student, source, *fixed)
-        loss = tf.reduce_sum(sum(terms.values())) / batch
+        loss, terms, logits = model.real_step_loss(x, y, source, *fixed, batch)
     model.optimizer.apply(tape.gradient(loss, theta), theta)
 
     meta_loss = None
     if model.method.meta_learned:
-        meta_loss, meta_grads = meta_gradient(model, x, y, source, learning_rate, batch)
+        meta_loss, meta_grads = _meta_gradient(model, x, y, source, learning_rate, batch)
         # The optimizer sums the replicas' gradients: add each replica's share of the L2.
         decay = model.meta_weight_decay / tf.distribute.get_strategy().num_replicas_in_sync
         phi = model.phi_variables
         meta_grads = [g + decay * tf.convert_to_tensor(v) for g, v in zip(meta_grads, phi)]
         model.meta_optimizer.apply(meta_grads, phi)
         meta_loss = sum_across_replicas(meta_loss)  # the global batch's value, to report
-    return terms, student.logits, channel_weights, pair_weights, meta_loss
+    return model.record_step(x, y, terms, logits, channel_weights, pair_weights, meta_loss)
 
 
-def meta_gradient(model, x, y, source, learning_rate, batch, second_order=True):
+def test_step(model, data) -> dict:
+    """`TransferModel.test_step` on TensorFlow."""
+    return model.record_test(data)
+
+
+def meta_gradient(model, x, y, second_order=True):
+    """`TransferModel.meta_gradient` on TensorFlow: steps 2-3 from the current state."""
+    batch = global_batch_size(x, model.loss_dtype)
+    learning_rate = tf.convert_to_tensor(model.optimizer.learning_rate)
+    return _meta_gradient(
+        model, x, y, model.source_forward(x), learning_rate, batch, second_order
+    )
+
+
+def _meta_gradient(model, x, y, source, learning_rate, batch, second_order=True):
     """Steps 2-3: d L_org(theta_{T+1}) / d phi from the current theta and buffers.
 
     `second_order=False` drops the inner gradients' dependence on phi, which makes the
@@ -138,25 +148,21 @@ def meta_gradient(model, x, y, source, learning_rate, batch, second_order=True):
     start = [tf.convert_to_tensor(v) for v in theta]
     buffers = model.update_rule.slots(theta)
     non_trainable = [tf.convert_to_tensor(v) for v in model.target_non_trainable_variables]
-
     weights = []  # w and lambda from phi, computed once inside the meta tape
 
-    def matching_objective(params):
-        if not weights:
-            weights.extend(model.pair_weights(source))  # phi enters here
-        student = model.student_forward(x, params, non_trainable)
-        matching = model.loss_terms(y, student, source, *weights)["matching"]
-        return tf.reduce_sum(matching) / batch
+    def lazy(objective):
+        def call(params):
+            if not weights:
+                weights.extend(model.pair_weights(source))  # phi enters here
+            return objective(params)
+        return call
 
-    def classification_objective(params):
-        student = model.student_forward(x, params, non_trainable, adapters=False)
-        return tf.reduce_sum(model.cross_entropy(y, student.logits)) / batch
+    objectives = model.lookahead_objectives(x, y, source, weights, non_trainable, batch)
 
     def update(params, buffers, grads):
         return model.update_rule.step(params, buffers, grads, learning_rate)
 
-    objectives = [matching_objective] * model.lookahead_steps + [classification_objective]
     return unrolled_meta_gradient(
-        start, buffers, objectives, classification_objective, update, model.phi_variables,
-        second_order,
+        start, buffers, [lazy(f) for f in objectives], objectives[-1], update,
+        model.phi_variables, second_order,
     )

@@ -8,9 +8,10 @@ from typing import NamedTuple
 import keras
 from keras import ops
 
-from keras_l2t import losses, tensorflow_step
+from keras_l2t import losses
 from keras_l2t.exact_batch_norm import make_batch_norm_exact
 from keras_l2t.features import feature_map_output
+from keras_l2t.jax_state import MetaOptimizerInJaxState
 from keras_l2t.layers import ChannelWeights, FeatureAdapter, PairWeight
 from keras_l2t.methods import get_method
 from keras_l2t.network_checks import (
@@ -56,7 +57,7 @@ class StudentOutputs(NamedTuple):
 
 
 @keras.saving.register_keras_serializable(package="keras_l2t")
-class TransferModel(keras.Model):
+class TransferModel(MetaOptimizerInJaxState, keras.Model):
     """Trains `target` from scratch while transferring from a frozen, pretrained `source`.
 
     For every (source layer m, target layer n) pair it owns a 1x1 adapter (part of the
@@ -69,6 +70,10 @@ class TransferModel(keras.Model):
     Every BatchNormalization in `target` is switched, in place, to exact second-order
     moments (see `keras_l2t.exact_batch_norm`); LayerNormalization and
     GroupNormalization are refused on TensorFlow.
+
+    Runs on the TensorFlow and JAX backends (`KERAS_BACKEND`): the method's math lives
+    here, and one small module per backend runs the iteration (`tensorflow_step`,
+    `jax_step`).
 
     Args:
         source: A built functional Keras model, pretrained; frozen and run in inference
@@ -121,6 +126,7 @@ class TransferModel(keras.Model):
         distillation_weight: float = 1.0,
         **kwargs,
     ):
+        step_module()  # refuses an unsupported backend before any work
         super().__init__(**kwargs)
         self.method = get_method(method)
         check_source(source)
@@ -408,12 +414,54 @@ class TransferModel(keras.Model):
             )
         return terms
 
+    def real_step_loss(self, x, y, source: SourceOutputs, channel_weights: list,
+                       pair_weights: list, batch):
+        """The real step's objective: all of the method's terms, with the target's
+        variables (so a training-mode forward updates the batch-norm statistics).
+
+        Returns:
+            (summed loss / `batch`, per-example terms, target logits).
+        """
+        student = self.student_forward(x)
+        terms = self.loss_terms(y, student, source, channel_weights, pair_weights)
+        return ops.sum(sum(terms.values())) / batch, terms, student.logits
+
+    def matching_objective(self, params, x, y, source: SourceOutputs, weights: tuple,
+                           non_trainable, batch):
+        """L_wfm(theta) of one lookahead step, at `params` (values of `theta_variables`).
+
+        `weights` is (channel weights, pair weights) from phi, computed once per meta step.
+        """
+        student = self.student_forward(x, params, non_trainable)
+        matching = self.loss_terms(y, student, source, *weights)["matching"]
+        return ops.sum(matching) / batch
+
+    def classification_objective(self, params, x, y, non_trainable, batch):
+        """L_org(theta) at `params`: the lookahead's last step and the meta objective."""
+        student = self.student_forward(x, params, non_trainable, adapters=False)
+        return ops.sum(self.cross_entropy(y, student.logits)) / batch
+
+    def lookahead_objectives(self, x, y, source: SourceOutputs, weights: tuple,
+                             non_trainable, batch) -> list:
+        """The lookahead's T steps on L_wfm, then one on L_org, as functions of theta."""
+
+        def matching(params):
+            return self.matching_objective(params, x, y, source, weights, non_trainable, batch)
+
+        def classification(params):
+            return self.classification_objective(params, x, y, non_trainable, batch)
+
+        return [matching] * self.lookahead_steps + [classification]
+
     # ---------------------------------------------------------- train and test
-    def train_step(self, data):
-        x, y = _unpack(data)
-        terms, logits, channel_weights, pair_weights, meta_loss = (
-            tensorflow_step.train_step(self, x, y)
-        )
+    def train_step(self, *args):
+        """One L2T-ww iteration, as the backend's trainer calls it: `(data)` on
+        TensorFlow, `(state, data)` on JAX (see `tensorflow_step` / `jax_step`)."""
+        return step_module().train_step(self, *args)
+
+    def record_step(self, x, y, terms: dict, logits, channel_weights: list,
+                    pair_weights: list, meta_loss) -> dict:
+        """Updates the loss, lambda, entropy and compiled metrics; returns the logs."""
         self._loss_tracker.update_state(sum(terms.values()))
         self.ce_tracker.update_state(terms["ce"])
         for name, tracker in self.term_trackers.items():
@@ -445,15 +493,18 @@ class TransferModel(keras.Model):
             raise ValueError(f"Method '{self.method.name}' has no meta-networks.")
         if not self.compiled:
             raise ValueError("Call compile() first: the lookahead replays the optimizer.")
-        x = ops.convert_to_tensor(x)
-        batch = tensorflow_step.global_batch_size(x, self.loss_dtype)
-        return tensorflow_step.meta_gradient(
-            self, x, ops.convert_to_tensor(y), self.source_forward(x),
-            ops.convert_to_tensor(self.optimizer.learning_rate), batch, second_order,
+        return step_module().meta_gradient(
+            self, ops.convert_to_tensor(x), ops.convert_to_tensor(y), second_order
         )
 
-    def test_step(self, data):
-        x, y = _unpack(data)
+    def test_step(self, *args):
+        """Cross-entropy and metrics of the target: `(data)` on TensorFlow, `(state, data)`
+        on JAX."""
+        return step_module().test_step(self, *args)
+
+    def record_test(self, data) -> dict:
+        """Updates the loss and compiled metrics with one evaluation batch; returns the logs."""
+        x, y = unpack(data)
         outputs = self(x, training=False)
         self._loss_tracker.update_state(self.cross_entropy(y, outputs))
         self._compile_metrics.update_state(y, outputs)
@@ -488,15 +539,33 @@ class TransferModel(keras.Model):
         return cls(**config)
 
 
-def _as_list(outputs) -> list:
-    """A functional model with one output returns a tensor, not a one-element list."""
-    return list(outputs) if isinstance(outputs, list | tuple) else [outputs]
+def step_module():
+    """The module that runs the iteration on the current Keras backend."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        from keras_l2t import tensorflow_step
+
+        return tensorflow_step
+    if backend == "jax":
+        from keras_l2t import jax_step
+
+        return jax_step
+    raise ValueError(
+        f"keras-l2t runs on the TensorFlow and JAX backends, not '{backend}': set "
+        "KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax before importing Keras."
+    )
 
 
-def _unpack(data):
+def unpack(data):
+    """(x, y) of a training batch; sample weights and missing labels are refused."""
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     if sample_weight is not None:
         raise ValueError("TransferModel does not support sample weights.")
     if y is None:
         raise ValueError("TransferModel.fit needs labels: give (images, labels) batches.")
     return x, y
+
+
+def _as_list(outputs) -> list:
+    """A functional model with one output returns a tensor, not a one-element list."""
+    return list(outputs) if isinstance(outputs, list | tuple) else [outputs]

@@ -11,3 +11,27 @@ _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
 )
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def float64(monkeypatch):
+    """Networks and optimizers in float64, end to end.
+
+    On JAX this also enables 64-bit types and lifts Keras' rule that demotes float64
+    results to float32 off TensorFlow (`BIT64_TO_BIT32_DTYPE`, used by `ops.mean`,
+    BatchNormalization, ...), which would make finite differences meaningless.
+    """
+    keras.config.set_dtype_policy("float64")
+    if keras.backend.backend() == "jax":
+        import jax
+        from keras.src.backend.common import dtypes
+
+        monkeypatch.setitem(dtypes.BIT64_TO_BIT32_DTYPE, "float64", "float64")
+        with jax.enable_x64(True):
+            yield
+    else:
+        yield
+    keras.config.set_dtype_policy("float32")

@@ -3,19 +3,11 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from backends import BACKEND, tensorflow_only, to_numpy
 from toy_networks import toy_batch, toy_transfer_model
 
 import keras_l2t
-from keras_l2t import tensorflow_step
 from keras_l2t.update_rules import update_rule_for
-
-
-@pytest.fixture
-def float64():
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_dtype_policy("float32")
 
 
 def _compiled_model(lookahead_steps):
@@ -55,12 +47,13 @@ def _relative_error(a, b):
 
 @pytest.mark.parametrize("lookahead_steps", [1, 2])
 def test_meta_gradient_matches_finite_differences_through_batch_norm(float64, lookahead_steps):
+    """On JAX the target's BatchNormalization is Keras' own, unswitched: exact as it is."""
     model = _compiled_model(lookahead_steps)
     x, y = toy_batch(n=6, seed=3, dtype="float64")
     model.train_on_batch(x, y)  # non-zero momentum buffers, moved BN statistics
     assert {v.dtype for v in model.theta_variables + model.phi_variables} == {"float64"}
     _, analytic = model.meta_gradient(x, y)
-    analytic = [g.numpy() for g in analytic]
+    analytic = [to_numpy(g) for g in analytic]
     numeric = _finite_difference(model, x, y)
     error = _relative_error(analytic, numeric)
     assert np.linalg.norm(np.concatenate([g.ravel() for g in numeric])) > 1e-6
@@ -72,11 +65,13 @@ def test_first_order_meta_gradient_is_zero(float64):
     x, y = toy_batch(n=6, seed=3, dtype="float64")
     _, grads = model.meta_gradient(x, y, second_order=False)
     for grad in grads:
-        np.testing.assert_array_equal(grad.numpy(), 0.0)
+        np.testing.assert_array_equal(to_numpy(grad), 0.0)
     _, grads = model.meta_gradient(x, y)
-    assert max(float(tf.reduce_max(tf.abs(g))) for g in grads) > 1e-8
+    assert max(float(np.abs(to_numpy(g)).max()) for g in grads) > 1e-8
 
 
+@tensorflow_only("Keras' JAX BatchNormalization is exact as it is (the finite-difference "
+                 "test above runs it unswitched)")
 def test_stock_batch_norm_gives_a_wrong_meta_gradient(float64):
     """Why the target's BN is switched: TF's tf.nn.moments loses a second-order term."""
     model = _compiled_model(1)
@@ -86,7 +81,7 @@ def test_stock_batch_norm_gives_a_wrong_meta_gradient(float64):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = False  # undo the fix
     _, analytic = model.meta_gradient(x, y)
-    assert _relative_error([g.numpy() for g in analytic], numeric) > 1e-3
+    assert _relative_error([to_numpy(g) for g in analytic], numeric) > 1e-3
 
 
 def test_user_batch_norm_is_made_exact():
@@ -94,10 +89,16 @@ def test_user_batch_norm_is_made_exact():
     batch_norms = [
         layer for layer in model.target.layers if isinstance(layer, keras.layers.BatchNormalization)
     ]
-    assert batch_norms and all(layer.synchronized for layer in batch_norms)
-    assert sorted(model.exact_batch_norm_layers) == ["tgt_bn0", "tgt_bn1"]
+    assert batch_norms and keras_l2t.is_batch_norm_exact(model.target)
+    if BACKEND == "tensorflow":  # switched to the synchronized (exact) moments
+        assert all(layer.synchronized for layer in batch_norms)
+        assert sorted(model.exact_batch_norm_layers) == ["tgt_bn0", "tgt_bn1"]
+    else:  # exact already, left as they are
+        assert not any(layer.synchronized for layer in batch_norms)
+        assert model.exact_batch_norm_layers == []
 
 
+@tensorflow_only("JAX's LayerNormalization keeps every second-order term")
 def test_layer_normalization_in_the_target_is_refused():
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(2, 3, name="t_conv")(inputs)
@@ -109,7 +110,12 @@ def test_layer_normalization_in_the_target_is_refused():
         keras_l2t.TransferModel(source, target, pairs=[("s_conv", "t_conv")])
 
 
+@tensorflow_only("tests the TensorFlow step's unrolling helper")
 def test_unrolled_meta_gradient_matches_the_reference_implementation_value():
+    import tensorflow as tf
+
+    from keras_l2t import tensorflow_step
+
     """The toy problem of the reference's MetaSGD self-test (SGD lr 0.1, momentum 0.9,
     weight decay 0.01, 10 steps), whose printed meta-gradient is the expected value."""
     lam = keras.Variable(np.zeros((2, 2)), dtype="float32")

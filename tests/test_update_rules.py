@@ -19,7 +19,7 @@ def _torch_sgd(p, grads, lr, momentum, wd, nesterov):
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_coupled_sgd_is_torch_sgd(nesterov):
+def test_coupled_sgd_is_torch_sgd(float64, nesterov):
     rng = np.random.default_rng(0)
     p0 = rng.normal(size=(3, 2)).astype("float64")
     grads = [rng.normal(size=(3, 2)) for _ in range(3)]
@@ -43,7 +43,7 @@ def test_coupled_sgd_is_torch_sgd(nesterov):
         lambda lr: keras.optimizers.SGD(lr),
     ],
 )
-def test_update_rule_replays_the_optimizer_with_its_buffers_and_schedule(make_optimizer):
+def test_update_rule_replays_the_optimizer_with_its_buffers_and_schedule(float64, make_optimizer):
     rng = np.random.default_rng(1)
     schedule = keras.optimizers.schedules.CosineDecay(0.3, decay_steps=5)
     variables = [keras.Variable(rng.normal(size=s), dtype="float64") for s in [(4,), (2, 3)]]

@@ -1,0 +1,63 @@
+"""The meta-optimizer's variables in Keras' JAX training state.
+
+Keras' JAX trainer carries the model's state through its compiled step as four lists
+(trainable, non-trainable, optimizer and metric variables) and writes them back at the
+end of `fit`. It knows one optimizer; `TransferModel` has two. This mixin appends the
+meta-optimizer's variables to the optimizer's list wherever the trainer gathers, purges,
+writes back or shards that list, so `jax_step.train_step` receives and returns both.
+The methods override private hooks of `keras.src.backend.jax.trainer.JAXTrainer`
+(Keras 3.15); on TensorFlow they are never called.
+"""
+
+from __future__ import annotations
+
+
+class MetaOptimizerInJaxState:
+    """Mixin for a `keras.Model` with a `meta_optimizer` attribute (see module doc)."""
+
+    def _all_optimizer_variables(self) -> list:
+        """The optimizer's variables, then the meta-optimizer's."""
+        variables = list(self.optimizer.variables) if self.optimizer is not None else []
+        meta_optimizer = getattr(self, "meta_optimizer", None)
+        return variables + (list(meta_optimizer.variables) if meta_optimizer else [])
+
+    def _get_jax_state(self, trainable_variables=False, non_trainable_variables=False,
+                       optimizer_variables=False, metrics_variables=False,
+                       purge_model_variables=False):
+        groups = [
+            (trainable_variables, self.trainable_variables),
+            (non_trainable_variables, self.non_trainable_variables),
+            (optimizer_variables, self._all_optimizer_variables()),
+            (metrics_variables, self.metrics_variables),
+        ]
+        state = tuple([v.value for v in variables] for wanted, variables in groups if wanted)
+        if purge_model_variables:
+            for wanted, variables in groups:
+                for variable in variables if wanted else []:
+                    variable._value = None  # as Keras does: the state holds the values
+        return state
+
+    def jax_state_sync(self):
+        if not getattr(self, "_jax_state", None) or self._jax_state_synced:
+            return
+        groups = {
+            "trainable_variables": self.trainable_variables,
+            "non_trainable_variables": self.non_trainable_variables,
+            "optimizer_variables": self._all_optimizer_variables(),
+            "metrics_variables": self.metrics_variables,
+        }
+        for key, variables in groups.items():
+            for variable, value in zip(variables, self._jax_state.get(key) or []):
+                variable.assign(value)
+        self._jax_state_synced = True
+
+    def _get_state_sharding_spec(self):
+        def shardings(variables):
+            return [v.value.sharding for v in variables]
+
+        return (
+            shardings(self.trainable_variables),
+            shardings(self.non_trainable_variables),
+            shardings(self._all_optimizer_variables()),
+            shardings(self.metrics_variables),
+        )
