@@ -2,6 +2,7 @@
 
     python train.py --flagfile=configs/demo.flags
     python train.py --flagfile=configs/dogs.flags --epochs=10 --work_dir=runs/dogs_short
+    KERAS_BACKEND=jax python train.py --flagfile=configs/demo.flags  # the same on JAX
 
 Flags after --flagfile override it. Rerunning the same command resumes the run from
 its work directory; a finished run is reported, not retrained. Every flag is a field of

@@ -1,30 +1,40 @@
-"""Checkpoints of the training state: both optimizers, meta-networks, epoch, best score.
+"""Checkpoints of the training state, the same on TensorFlow and JAX.
 
-`tf.train.Checkpoint` holds the target, the adapters, the meta-networks, any other
-variable the method trains, the target's
-optimizer (momentum buffers and iteration counter, hence the learning-rate schedule's
-position), the meta-optimizer (Adam moments) and counters. The frozen source is left
-out (it never changes). `CheckpointManager` writes the new files and then replaces the
-small index file atomically, so a kill while saving leaves the previous checkpoint.
+    checkpoints/epoch_<N>.weights.h5   the model after epoch N (Keras weights file)
+    checkpoints/state.json             which file is `last` and which is `best`, the
+                                       epochs and the best validation accuracy
+
+A weights file of the `TransferModel` holds every variable it owns: the target, the
+adapters, the meta-networks, any other variable the method trains, the frozen source,
+the target's optimizer (momentum buffers and iteration counter, hence the learning-rate
+schedule's position) and the meta-optimizer (Adam moments). Saving writes a new file
+under a temporary name, renames it, then replaces `state.json` atomically: a kill at any
+point leaves the previous checkpoint whole, and files no slot names are deleted after.
 """
 
 from __future__ import annotations
 
 import os
 
-import tensorflow as tf
-
+from keras_l2t.experiment import work_dir
 from keras_l2t.transfer_model import TransferModel
+
+STATE = "state.json"
 
 
 class TrainingState:
     """The checkpointed state of one `TransferModel` run, in `last` and `best` slots.
 
     Args:
-        model: A compiled `TransferModel` (both optimizers built).
-        directory: Where this process writes `last/` and `best/`.
-        read_directory: Where it restores them from (the chief's `directory`; a
+        model: A compiled, built `TransferModel` (both optimizers built).
+        directory: Where this process writes its checkpoints.
+        read_directory: Where it restores `last` from (the chief's `directory`; a
             multi-worker non-chief writes to a scratch directory but reads the chief's).
+
+    Attributes:
+        epoch: Finished epochs of the restored or last saved checkpoint.
+        best_epoch: The epoch with the best validation accuracy (-1 before any).
+        best_val_accuracy: That accuracy (-1.0 before any).
 
     Example:
         >>> state = TrainingState(model, "run/checkpoints")
@@ -32,64 +42,57 @@ class TrainingState:
     """
 
     def __init__(self, model: TransferModel, directory: str, read_directory: str | None = None):
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.best_val_accuracy = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
-        self.best_epoch = tf.Variable(-1, dtype=tf.int64, trainable=False)
-        objects = {
-            "target": model.target,
-            "optimizer": model.optimizer,
-            "meta_optimizer": model.meta_optimizer,
-            "epoch": self.epoch,
-            "best_val_accuracy": self.best_val_accuracy,
-            "best_epoch": self.best_epoch,
-        }
-        covered = {id(v) for v in model.target.variables}
-        for kind in ("adapters", "channel_weight_networks", "pair_weight_networks"):
-            for i, layer in enumerate(getattr(model, kind, [])):
-                objects[f"{kind}_{i}"] = layer
-                covered.update(id(v) for v in layer.variables)
-        # Anything else the method trains (e.g. an extra distillation head), by position.
-        covered.update(id(v) for v in model.source.variables)
-        extra = tf.Module()
-        extra.values = [
-            v for v in model.trainable_variables + model.non_trainable_variables
-            if id(v) not in covered
-        ]
-        objects["other_variables"] = extra
-        self.checkpoint = tf.train.Checkpoint(**objects)
-        self.last = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(directory, "last"), max_to_keep=1)
-        self.best = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(directory, "best"), max_to_keep=1)
+        self.model = model
         self.directory = directory
         self.read_directory = read_directory or directory
-
-    def _restore(self, directory: str) -> bool:
-        latest = tf.train.latest_checkpoint(directory)
-        if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-        return latest is not None
+        self.epoch = 0
+        self.best_epoch = -1
+        self.best_val_accuracy = -1.0
+        self._slots: dict[str, str] = {}
 
     def restore_last(self) -> int:
         """Restores the last checkpoint, if any; returns the number of finished epochs."""
-        self._restore(os.path.join(self.read_directory, "last"))
-        return int(self.epoch.numpy())
+        saved = work_dir.read_json(os.path.join(self.read_directory, STATE))
+        if saved is not None:
+            self.model.load_weights(os.path.join(self.read_directory, saved["last"]))
+            self.epoch, self.best_epoch = saved["epoch"], saved["best_epoch"]
+            self.best_val_accuracy = saved["best_val_accuracy"]
+            self._slots = {"last": saved["last"], "best": saved["best"]}
+        return self.epoch
 
     def restore_best(self) -> None:
-        """Restores this process' best-validation checkpoint (the weights reported)."""
-        self._restore(os.path.join(self.directory, "best"))
+        """Restores the best-validation checkpoint (the weights reported), if any."""
+        if "best" not in self._slots:
+            return
+        path = os.path.join(self.directory, self._slots["best"])
+        if not os.path.exists(path):
+            # A non-chief that resumed from the chief's `best`, unbeaten since: the chief
+            # keeps that file while it is the best, and the weights are the same.
+            path = os.path.join(self.read_directory, self._slots["best"])
+        self.model.load_weights(path)
 
     def save(self, finished_epochs: int, val_accuracy: float) -> bool:
-        """Saves at the end of an epoch; also to `best` when validation improved.
+        """Saves at the end of an epoch; it becomes `best` too when validation improved.
 
         Returns:
             Whether this epoch is the new best.
         """
-        self.epoch.assign(finished_epochs)
-        improved = val_accuracy > float(self.best_val_accuracy.numpy())
+        os.makedirs(self.directory, exist_ok=True)
+        name = f"epoch_{finished_epochs}.weights.h5"
+        temporary = os.path.join(self.directory, f".tmp_{name}")
+        self.model.save_weights(temporary)
+        os.replace(temporary, os.path.join(self.directory, name))
+        improved = val_accuracy > self.best_val_accuracy
         if improved:
-            self.best_val_accuracy.assign(val_accuracy)
-            self.best_epoch.assign(finished_epochs)
-            self.best.save(checkpoint_number=finished_epochs)
-        self.last.save(checkpoint_number=finished_epochs)
+            self.best_val_accuracy, self.best_epoch = val_accuracy, finished_epochs
+            self._slots["best"] = name
+        self._slots["last"] = name
+        self.epoch = finished_epochs
+        work_dir.write_json_atomic(os.path.join(self.directory, STATE), {
+            **self._slots, "epoch": self.epoch, "best_epoch": self.best_epoch,
+            "best_val_accuracy": self.best_val_accuracy,
+        })
+        for other in set(os.listdir(self.directory)) - set(self._slots.values()):
+            if other.startswith(("epoch_", ".tmp_epoch_")):
+                os.remove(os.path.join(self.directory, other))
         return improved

@@ -5,6 +5,10 @@ width, 3], applies the evaluation transform of training (`keras_l2t.data.augment
 resize / centre crop to the training size, ImageNet mean/std) and returns the logits,
 the softmax probabilities and the predicted classes. The SavedModel needs neither
 keras-l2t nor Keras to load: `tf.saved_model.load(path).serve(images)`.
+
+The preprocessing is TensorFlow's on every backend; the network is Keras' own export of
+it (a `tf.function` on TensorFlow, converted with jax2tf on JAX), also served alone as
+`logits` (float32 [batch, size, size, 3] already preprocessed -> logits).
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ def export_target(target: keras.Model, path: str, image_size: int,
         augmentation or augment.default_augmentation(image_size), image_size
     )
     archive = keras.export.ExportArchive()
-    archive.track(target)
+    pixels_spec = keras.InputSpec(shape=(None, image_size, image_size, 3), dtype="float32")
+    network = archive.track_and_add_endpoint("logits", target, input_signature=[pixels_spec])
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     def serve(images):
@@ -42,7 +47,7 @@ def export_target(target: keras.Model, path: str, image_size: int,
             transform, images,
             fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
         )
-        logits = tf.cast(target(pixels, training=False), tf.float32)
+        logits = tf.cast(network(pixels), tf.float32)
         return {
             "logits": logits,
             "probabilities": tf.nn.softmax(logits, axis=-1),

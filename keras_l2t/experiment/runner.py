@@ -23,9 +23,9 @@ from keras_l2t.experiment.data import load_data
 from keras_l2t.experiment.epoch_log import EpochLog
 from keras_l2t.experiment.errors import ExperimentError
 from keras_l2t.experiment.export import export_target
-from keras_l2t.experiment.loop import TrainLoop, evaluate, interactive
+from keras_l2t.experiment.loop import evaluate, interactive, make_train_loop
 from keras_l2t.experiment.picture_log import PictureLog
-from keras_l2t.experiment.strategy import is_chief, is_multi_worker, make_strategy
+from keras_l2t.experiment.strategy import Strategy, is_chief, make_strategy
 
 
 def _log(message: str) -> None:
@@ -49,9 +49,10 @@ def _check_existing(config: ExperimentConfig) -> dict | None:
     return work_dir.read_json(work_dir.path(config.work_dir, work_dir.RESULTS))
 
 
-def run_experiment(config: ExperimentConfig, strategy: tf.distribute.Strategy | None = None
-                   ) -> dict:
+def run_experiment(config: ExperimentConfig, strategy: Strategy | None = None) -> dict:
     """Runs (or resumes, or reports the finished) experiment of `config`.
+
+    Runs on the TensorFlow and JAX backends alike (`KERAS_BACKEND`).
 
     Args:
         config: The resolved configuration.
@@ -77,7 +78,7 @@ def run_experiment(config: ExperimentConfig, strategy: tf.distribute.Strategy | 
              f"test accuracy {finished.get('test_accuracy')}. Nothing to do; use a new "
              "--work_dir or --overwrite to train again.")
         return finished
-    if config.deterministic:
+    if config.deterministic:  # the data pipelines are TensorFlow's on every backend
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
     if config.mode == "pretrain_source":
@@ -90,7 +91,7 @@ def run_experiment(config: ExperimentConfig, strategy: tf.distribute.Strategy | 
     return _run_transfer(config, strategy)
 
 
-def _run_transfer(config: ExperimentConfig, strategy: tf.distribute.Strategy) -> dict:
+def _run_transfer(config: ExperimentConfig, strategy: Strategy) -> dict:
     chief = is_chief(strategy)
     data = load_data(config, num_replicas=strategy.num_replicas_in_sync)
     splits = data.splits
@@ -101,8 +102,8 @@ def _run_transfer(config: ExperimentConfig, strategy: tf.distribute.Strategy) ->
         model = models.build_transfer_model(config, source, target)
         models.compile_model(model, config, total_steps)
         # Builds the compiled metrics now, outside any replica context.
-        model._symbolic_build(data_batch=next(iter(splits.val.take(1) if splits.num_val
-                                                    else data.train(0).take(1))))
+        sample = next((splits.val if splits.num_val else data.train(0)).as_numpy_iterator())
+        model._symbolic_build(data_batch=sample)
 
     # --- Every check passed: from here on the work directory is written. ---
     if config.overwrite and chief:
@@ -114,7 +115,7 @@ def _run_transfer(config: ExperimentConfig, strategy: tf.distribute.Strategy) ->
     if models.needs_pretraining(config):
         source_stage.cached_source(config, strategy, model.source, splits.test)
 
-    checkpoint_dir = os.path.join(config.work_dir, "checkpoints")
+    checkpoint_dir = work_dir.path(config.work_dir, work_dir.CHECKPOINTS)
     scratch = None if chief else tempfile.mkdtemp(prefix="l2t_worker_")
     state = TrainingState(model, scratch or checkpoint_dir, read_directory=checkpoint_dir)
     start = state.restore_last()
@@ -123,9 +124,7 @@ def _run_transfer(config: ExperimentConfig, strategy: tf.distribute.Strategy) ->
     pictures = None
     if log is not None:
         log.truncate(start)
-        sample = splits.val if splits.num_val else data.train(0)
-        pictures = PictureLog(model, next(iter(sample.take(1)))[0], log,
-                              os.path.join(config.work_dir, "pictures"))
+        pictures = PictureLog(model, sample[0], log, os.path.join(config.work_dir, "pictures"))
     _log(f"{config.method}: {config.source or '-'} -> {config.target} on {config.dataset} "
          f"({splits.num_train} train / {splits.num_val} val / {splits.num_test} test, "
          f"{splits.num_classes} classes, {len(model.pairs)} pairs), "
@@ -133,11 +132,10 @@ def _run_transfer(config: ExperimentConfig, strategy: tf.distribute.Strategy) ->
     if start >= config.epochs:
         _log(f"All {config.epochs} epochs were trained before; finishing.")
     elif start:
-        _log(f"Resuming after epoch {start} of {config.epochs} from {checkpoint_dir}/last.")
+        _log(f"Resuming after epoch {start} of {config.epochs} from {checkpoint_dir}.")
 
-    loop = TrainLoop(model, strategy, progress_bar=interactive(config.progress),
-                     kill_at_step=config.testing_kill_at_step,
-                     auto_shard=is_multi_worker(strategy))
+    loop = make_train_loop(model, strategy, progress_bar=interactive(config.progress),
+                           kill_at_step=config.testing_kill_at_step)
     for epoch in range(start, config.epochs):
         began = time.time()
         learning_rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
@@ -158,7 +156,7 @@ def _run_transfer(config: ExperimentConfig, strategy: tf.distribute.Strategy) ->
     last_test = evaluate(model.target, splits.test, model.from_logits)
     state.restore_best()
     test = evaluate(model.target, splits.test, model.from_logits)
-    best_val = float(state.best_val_accuracy.numpy())
+    best_val = state.best_val_accuracy
     results = {
         "mode": "transfer",
         "method": config.method,
@@ -166,7 +164,7 @@ def _run_transfer(config: ExperimentConfig, strategy: tf.distribute.Strategy) ->
         "source": config.source,
         "target": config.target,
         "epochs": config.epochs,
-        "best_epoch": int(state.best_epoch.numpy()),
+        "best_epoch": state.best_epoch,
         "best_val_accuracy": best_val if splits.num_val else None,
         "test_accuracy": test.get("accuracy"),
         "test_loss": test.get("loss"),
@@ -206,9 +204,8 @@ def _write_outputs(config: ExperimentConfig, model, image_size: int, results: di
     target_path = work_dir.path(config.work_dir, work_dir.TARGET)
     export_path = work_dir.path(config.work_dir, work_dir.EXPORT)
     model.target.save(target_path)
-    # Exported from a plain copy, outside any distribution strategy.
-    with tf.distribute.get_strategy().scope():
-        plain = keras.saving.load_model(target_path, compile=False)
+    # Exported from a plain copy (loaded outside any strategy scope: one device).
+    plain = keras.saving.load_model(target_path, compile=False)
     if os.path.exists(export_path):
         shutil.rmtree(export_path)
     export_target(plain, export_path, image_size)

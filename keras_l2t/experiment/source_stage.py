@@ -12,6 +12,7 @@ from keras_l2t.experiment import models, work_dir
 from keras_l2t.experiment.config import ExperimentConfig, parse_range
 from keras_l2t.experiment.data import load_data
 from keras_l2t.experiment.loop import evaluate, interactive
+from keras_l2t.experiment.strategy import Strategy
 from keras_l2t.source_pretraining import SOURCE_FILE_NAME, pretrain_source
 
 
@@ -19,7 +20,7 @@ def _verbose(config: ExperimentConfig) -> int:
     return 1 if interactive(config.progress) else 2
 
 
-def cached_source(config: ExperimentConfig, strategy: tf.distribute.Strategy,
+def cached_source(config: ExperimentConfig, strategy: Strategy,
                   source: keras.Model, test_ds: tf.data.Dataset | None) -> str:
     """Pretrains the config's source network once (cached) and loads it into `source`.
 
@@ -41,18 +42,18 @@ def cached_source(config: ExperimentConfig, strategy: tf.distribute.Strategy,
             samples_per_class=0, val_fraction=0.0,
             batch_size=config.source_pretrain_batch_size,
         )
+        print(f"Pretraining the source {config.source} on {data.splits.num_train} images "
+              f"for {config.source_pretrain_epochs} epochs (cached in {directory}).",
+              flush=True)
         with strategy.scope():
             network = models.build_network(
                 config.source, config.source_num_classes or data.splits.num_classes,
                 data.splits.image_size, exact_batch_norm=False,
             )
-        print(f"Pretraining the source {config.source} on {data.splits.num_train} images "
-              f"for {config.source_pretrain_epochs} epochs (cached in {directory}).",
-              flush=True)
-        pretrain_source(network, data.splits.train, None, config.source_pretrain_epochs,
-                        directory, learning_rate=config.learning_rate,
-                        momentum=config.momentum, weight_decay=config.weight_decay,
-                        verbose=_verbose(config))
+            pretrain_source(network, data.splits.train, None, config.source_pretrain_epochs,
+                            directory, learning_rate=config.learning_rate,
+                            momentum=config.momentum, weight_decay=config.weight_decay,
+                            verbose=_verbose(config))
     pretrained = keras.saving.load_model(path, compile=False)
     source.set_weights(pretrained.get_weights())
     if test_ds is not None:
@@ -61,7 +62,7 @@ def cached_source(config: ExperimentConfig, strategy: tf.distribute.Strategy,
     return path
 
 
-def run_pretraining(config: ExperimentConfig, strategy: tf.distribute.Strategy) -> dict:
+def run_pretraining(config: ExperimentConfig, strategy: Strategy) -> dict:
     """`--mode=pretrain_source`: trains `--target` alone and saves it as a source.
 
     Writes `<work_dir>/source.keras` (load it with `--source=<that path>`),
@@ -74,11 +75,12 @@ def run_pretraining(config: ExperimentConfig, strategy: tf.distribute.Strategy) 
                                        exact_batch_norm=False)
     os.makedirs(config.work_dir, exist_ok=True)
     work_dir.write_json_atomic(work_dir.path(config.work_dir, work_dir.CONFIG), config.to_dict())
-    path = pretrain_source(
-        network, splits.train, splits.val if splits.num_val else None, config.epochs,
-        config.work_dir, learning_rate=config.learning_rate, momentum=config.momentum,
-        weight_decay=config.weight_decay, verbose=_verbose(config),
-    )
+    with strategy.scope():  # fit's data and optimizer variables follow the strategy
+        path = pretrain_source(
+            network, splits.train, splits.val if splits.num_val else None, config.epochs,
+            config.work_dir, learning_rate=config.learning_rate, momentum=config.momentum,
+            weight_decay=config.weight_decay, verbose=_verbose(config),
+        )
     test = evaluate(network, splits.test)
     val = evaluate(network, splits.val if splits.num_val else None)
     return {

@@ -3,8 +3,8 @@
     <work_dir>/config.json          the resolved config
     <work_dir>/log.csv              one row per epoch
     <work_dir>/tensorboard/         TensorBoard event files
-    <work_dir>/checkpoints/last/    tf.train.Checkpoint of the last finished epoch
-    <work_dir>/checkpoints/best/    the same, at the best validation accuracy
+    <work_dir>/checkpoints/         the last and the best epoch's training state
+                                    (`checkpoints.TrainingState`)
     <work_dir>/source/              a source pretrained by the experiment (cache)
     <work_dir>/results.json         final results (written last)
     <work_dir>/target.keras         the trained target (best epoch)
@@ -24,8 +24,7 @@ CONFIG = "config.json"
 RESULTS = "results.json"
 LOG = "log.csv"
 TENSORBOARD = "tensorboard"
-LAST = os.path.join("checkpoints", "last")
-BEST = os.path.join("checkpoints", "best")
+CHECKPOINTS = "checkpoints"
 SOURCE = "source"
 TARGET = "target.keras"
 EXPORT = "export"

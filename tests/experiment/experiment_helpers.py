@@ -67,13 +67,25 @@ def run_train(flags: list[str], env: dict | None = None, timeout: int = 180,
                           env=full_env, timeout=timeout, cwd=ROOT, **kwargs)
 
 
-def checkpoint_values(directory: str) -> dict[str, np.ndarray]:
-    """Every variable of the latest checkpoint in `directory`, by name."""
-    import tensorflow as tf
+def checkpoint_state(work_dir: str) -> dict:
+    """The run's checkpoints/state.json (slots, epochs, best validation accuracy)."""
+    return load_json(os.path.join(work_dir, "checkpoints", "state.json"))
 
-    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(directory))
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if name != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+
+def checkpoint_values(work_dir: str, slot: str = "last") -> dict[str, np.ndarray]:
+    """Every variable of the run's `slot` checkpoint, by its path in the weights file."""
+    import h5py
+
+    values = {}
+
+    def visit(name, item):
+        if isinstance(item, h5py.Dataset):
+            values[name] = item[()]
+
+    path = os.path.join(work_dir, "checkpoints", checkpoint_state(work_dir)[slot])
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return values
 
 
 def load_json(path: str):

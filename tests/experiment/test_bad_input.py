@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import keras
 import pytest
 from experiment_helpers import run_train, tiny_flags
 
@@ -31,7 +32,9 @@ def _config(work_dir, fashion_dir, source_file, **overrides) -> ExperimentConfig
         (dict(pairs="stage1_out-stage1_out"), "--pairs: cannot read"),
         (dict(batch_size=0), "--batch_size must be >= 1"),
         (dict(source=None), "--method=l2t_ww needs --source"),
-        (dict(strategy="multi_worker"), "needs the TF_CONFIG environment variable"),
+        (dict(strategy="multi_worker"),
+         "needs the TF_CONFIG environment variable" if keras.backend.backend() == "tensorflow"
+         else "run it with KERAS_BACKEND=tensorflow"),
         (dict(source="missing.keras"), "Source file 'missing.keras' does not exist"),
         (dict(train_indices="10:5"), "--train_indices must be START:STOP"),
     ],

@@ -1,7 +1,9 @@
-"""--strategy=mirrored over two logical CPU devices (--cpu_devices=2), in a subprocess.
+"""--strategy=mirrored over two CPU devices (--cpu_devices=2), in a subprocess:
+`MirroredStrategy` on TensorFlow, `keras.distribution.DataParallel` on JAX.
 
-A subprocess, because two MirroredStrategy objects in one process share collective
-instance keys: a second strategy's all-reduces would collide with this run's.
+A subprocess, because the devices are split before the backend starts, and two
+MirroredStrategy objects in one process share collective instance keys: a second
+strategy's all-reduces would collide with this run's.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 import numpy as np
-from experiment_helpers import load_json
+from experiment_helpers import checkpoint_state, load_json
 
 from keras_l2t.data import augment, load_fashion_mnist_arrays
 
@@ -32,8 +32,11 @@ def test_work_dir_holds_config_logs_checkpoints_and_results(finished_run):
     )) < 1e-5
     assert any(n.startswith("events.out") for n in os.listdir(os.path.join(work_dir,
                                                                             "tensorboard")))
-    for slot in ("last", "best"):
-        assert os.path.exists(os.path.join(work_dir, "checkpoints", slot, "checkpoint"))
+    state = checkpoint_state(work_dir)
+    assert state["epoch"] == 3 and state["best_epoch"] == results["best_epoch"]
+    assert abs(state["best_val_accuracy"] - results["best_val_accuracy"]) < 1e-9
+    assert sorted(os.listdir(os.path.join(work_dir, "checkpoints"))) == sorted(
+        {"state.json", state["last"], state["best"]})
     assert os.path.exists(os.path.join(work_dir, "target.keras"))
     assert "epoch 3/3" in process.stdout  # one line per epoch when not interactive
 

@@ -1,0 +1,46 @@
+"""train.py, unchanged, on the other backend than this test process (JAX when the suite
+runs on TensorFlow, TensorFlow when it runs on JAX), so each run of the suite covers
+both: a run killed mid-epoch resumes and finishes, and its SavedModel loads here and
+serves the network whose test accuracy results.json reports."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import keras
+import numpy as np
+import tensorflow as tf
+from experiment_helpers import checkpoint_state, load_json, run_train, tiny_flags
+
+from keras_l2t.data import augment, load_fashion_mnist_arrays
+
+OTHER = "jax" if keras.backend.backend() == "tensorflow" else "tensorflow"
+
+
+def test_train_py_resumes_and_exports_on_the_other_backend(tmp_path, fashion_dir,
+                                                            source_file):
+    env = {"KERAS_BACKEND": OTHER}
+    work_dir = str(tmp_path / "run")
+    flags = tiny_flags(work_dir, fashion_dir, source_file, epochs=2, max_steps_per_epoch=3)
+
+    killed = run_train([*flags, "--testing_kill_at_step=5"], env=env)  # epoch 2, step 2
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert checkpoint_state(work_dir)["epoch"] == 1
+    resumed = run_train(flags, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming after epoch 1 of 2" in resumed.stdout and "epoch 2/2" in resumed.stdout
+
+    results = load_json(os.path.join(work_dir, "results.json"))
+    assert results["best_epoch"] in (1, 2) and 0.0 <= results["test_accuracy"] <= 1.0
+    images, labels = load_fashion_mnist_arrays(fashion_dir)["test"]
+    raw = np.repeat(images[..., None], 3, axis=-1)  # uint8, 28 x 28
+    loaded = tf.saved_model.load(results["export_dir"])  # kept: it owns the variables
+    served = loaded.serve(tf.constant(raw))
+    # The export is the network results.json reports (test_outputs compares it with
+    # target.keras on the backend that trained it), and `logits` serves the same.
+    assert np.mean(served["classes"].numpy() == labels) == results["test_accuracy"]
+    transform = augment.eval_transform("pad_crop", 8)
+    pixels = tf.stack([transform(tf.constant(image)) for image in raw])
+    np.testing.assert_allclose(loaded.logits(pixels).numpy(), served["logits"].numpy(),
+                               rtol=1e-5, atol=1e-5)
