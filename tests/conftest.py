@@ -1,8 +1,13 @@
-"""Test set-up: two logical CPU devices (for MirroredStrategy) before TensorFlow starts."""
+"""Test set-up: two CPU devices (MirroredStrategy on TensorFlow, DataParallel on JAX)
+before the backend starts, and the float64 fixture."""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if os.environ.get("KERAS_BACKEND") == "jax":
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    ).strip()
 
 import tensorflow as tf  # noqa: E402
 

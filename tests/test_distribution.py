@@ -1,15 +1,19 @@
-"""One fit step under MirroredStrategy on 2 logical CPUs equals the single-device step."""
+"""One fit step on 2 CPU devices equals the single-device step: MirroredStrategy on
+TensorFlow, keras.distribution.DataParallel on JAX."""
+
+import contextlib
 
 import keras
 import numpy as np
-import tensorflow as tf
+import pytest
+from backends import BACKEND, tensorflow_only
 from toy_networks import toy_batch, toy_transfer_model
 
 import keras_l2t
 
 
-def _build(strategy, weights=None):
-    with strategy.scope():
+def _build(scope, weights=None):
+    with scope():
         model = toy_transfer_model(seed=4)
         if weights is not None:
             model.set_weights(weights)
@@ -27,23 +31,42 @@ def _state(model):
     return [v.numpy() for v in model.weights] + optimizer_state + meta_state
 
 
-def test_mirrored_step_equals_single_device_step():
-    devices = tf.config.list_logical_devices("CPU")
-    assert len(devices) == 2, "conftest.py must create two logical CPU devices"
+def _check_two_devices_equal_one(scope):
+    """`scope()` enters the distribution; returns the distributed model."""
     x, y = toy_batch(n=8, seed=5)
-
-    single = _build(tf.distribute.get_strategy())
+    single = _build(contextlib.nullcontext)
     initial = single.get_weights()
     initial_phi = [v.numpy() for v in single.phi_variables]
-    mirrored = _build(tf.distribute.MirroredStrategy([d.name for d in devices]), initial)
-    assert mirrored.distribute_strategy.num_replicas_in_sync == 2
-
-    for model in (single, mirrored):
-        # Two steps, so the second lookahead starts from non-zero momentum buffers.
-        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    distributed = _build(scope, initial)
+    for model, model_scope in ((single, contextlib.nullcontext), (distributed, scope)):
+        with model_scope():
+            # Two steps, so the second lookahead starts from non-zero momentum buffers.
+            model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
 
     assert all(
         not np.allclose(v.numpy(), w) for v, w in zip(single.phi_variables, initial_phi)
     ), "every meta-network variable should move"
-    for a, b in zip(_state(single), _state(mirrored)):
+    for a, b in zip(_state(single), _state(distributed)):
         np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-5)
+    return distributed
+
+
+@tensorflow_only("tf.distribute")
+def test_mirrored_step_equals_single_device_step():
+    import tensorflow as tf
+
+    devices = tf.config.list_logical_devices("CPU")
+    assert len(devices) == 2, "conftest.py must create two logical CPU devices"
+    strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
+    model = _check_two_devices_equal_one(strategy.scope)
+    assert model.distribute_strategy.num_replicas_in_sync == 2
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX only: keras.distribution")
+def test_data_parallel_step_equals_single_device_step():
+    devices = keras.distribution.list_devices("cpu")
+    assert len(devices) == 2, "conftest.py must create two host devices (XLA_FLAGS)"
+    distribution = keras.distribution.DataParallel(devices=devices)
+    model = _check_two_devices_equal_one(distribution.scope)
+    kernel = model.target.get_layer("tgt_conv0").kernel.value
+    assert len(kernel.sharding.device_set) == 2  # replicated on both devices

@@ -141,7 +141,9 @@ def test_taps_flat_logits_and_exact_batch_norm(name):
     assert tuple(model.output.shape) == (None, 10)
     # A target is exact by default (DESIGN.md fact 1), and only on request not.
     assert is_batch_norm_exact(model)
-    assert not is_batch_norm_exact(build_network(name, 10, exact_batch_norm=False))
+    # Keras' stock BN is inexact in second order on TensorFlow only.
+    stock_is_exact = keras.backend.backend() != "tensorflow"
+    assert is_batch_norm_exact(build_network(name, 10, exact_batch_norm=False)) == stock_is_exact
     # feature_extractor taps the model by name.
     extractor = feature_extractor(model, taps, include_output=True)
     assert [tuple(o.shape)[1:] for o in extractor.outputs[1:]] == TAP_SHAPES[name]

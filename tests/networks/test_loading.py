@@ -41,7 +41,9 @@ def test_users_keras_file_loads_exact_and_tappable(tmp_path):
     original.save(path)
     model = load_network(path)
     assert is_batch_norm_exact(model)
-    assert not is_batch_norm_exact(load_network(path, exact_batch_norm=False))
+    # Keras' stock BN is inexact in second order on TensorFlow only.
+    stock_is_exact = keras.backend.backend() != "tensorflow"
+    assert is_batch_norm_exact(load_network(path, exact_batch_norm=False)) == stock_is_exact
     extractor = feature_extractor(model, ["my_block"], include_output=True)
     x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype("float32")
     logits, block = extractor(x)
