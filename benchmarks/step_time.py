@@ -6,10 +6,16 @@ Usage (the paper's two settings):
     python benchmarks/step_time.py --source=resnet34 --target=resnet18 --image_size=224 \
         --batch_size=8 --num_classes=200
 
-Each method runs in its own process, so its peak resident memory (ru_maxrss) is its own.
-Prints one line per method: the median iteration time after warm-up, its spread, the
-ratio to the `scratch` step, and the peak memory. Pairs: the method's default preset over
-the networks' default taps (l2t_ww: all-to-all).
+Runs on the Keras backend of `KERAS_BACKEND` (TensorFlow or JAX) through `model.fit`.
+Each method runs in its own process, so its peak memory is its own: resident memory
+(ru_maxrss) on CPU, the accelerator's peak bytes in use on a JAX GPU. Prints one line per
+method: the median iteration time after warm-up, its spread, the ratio to the `scratch`
+step, the first iteration's time (tracing and compilation included) and the peak memory.
+Pairs: the method's default preset over the networks' default taps (l2t_ww: all-to-all).
+
+`--write_architectures=DIR` saves the networks' architectures as JSON and
+`--architectures=DIR` builds from them, for machines without keras-cv (which needs
+TensorFlow) such as a JAX-only GPU machine.
 """
 
 from __future__ import annotations
@@ -34,19 +40,50 @@ flags.DEFINE_list("methods", ["scratch", "lwf", "at", "lwf_at", "fm", "l2t_w", "
                   "Methods to time.")
 flags.DEFINE_integer("steps", 10, "Timed iterations after the warm-up.")
 flags.DEFINE_integer("warmup", 3, "Untimed iterations (tracing, first steps).")
+flags.DEFINE_string("dtype_policy", None, "Keras dtype policy, e.g. mixed_bfloat16.")
+flags.DEFINE_string("architectures", None, "Build the networks from DIR/<name>.json.")
+flags.DEFINE_string("write_architectures", None, "Write DIR/<name>.json and exit.")
 flags.DEFINE_string("child", None, "Internal: time this one method and print JSON.")
+
+
+def build(name: str, role: str):
+    """Network `name` with random weights, from its builder or a saved architecture."""
+    import keras
+
+    from keras_l2t.networks import build_network
+
+    if FLAGS.architectures:
+        with open(f"{FLAGS.architectures}/{name}.json") as file:
+            return keras.models.model_from_json(file.read())
+    shape = (FLAGS.image_size, FLAGS.image_size, 3)
+    return build_network(name, FLAGS.num_classes, shape, exact_batch_norm=role == "target")
+
+
+def peak_memory_mb() -> float:
+    """Peak accelerator memory on a JAX GPU, else the process' peak resident memory."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        stats = jax.devices()[0].memory_stats() or {}
+        if "peak_bytes_in_use" in stats:
+            return stats["peak_bytes_in_use"] / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def time_method(method: str) -> dict:
     """Times `steps` iterations of `method` after warm-up, in this process."""
     import keras
     import numpy as np
-    import tensorflow as tf
 
     import keras_l2t
-    from keras_l2t.networks import build_network, default_taps
+    from keras_l2t.networks import default_taps
 
     class StepTimer(keras.callbacks.Callback):
+        """Wall time from batch begin to batch end; Keras turns the logs into Python
+        numbers for callbacks, which waits for the device."""
+
         def __init__(self):
             super().__init__()
             self.times = []
@@ -55,12 +92,11 @@ def time_method(method: str) -> dict:
             self.start = time.perf_counter()
 
         def on_train_batch_end(self, batch, logs=None):
+            float(logs["loss"])  # the step has finished on the device
             self.times.append(time.perf_counter() - self.start)
 
     keras.utils.set_random_seed(0)
-    shape = (FLAGS.image_size, FLAGS.image_size, 3)
-    source = build_network(FLAGS.source, FLAGS.num_classes, shape, exact_batch_norm=False)
-    target = build_network(FLAGS.target, FLAGS.num_classes, shape)
+    source, target = build(FLAGS.source, "source"), build(FLAGS.target, "target")
     source_layers, target_layers = default_taps(FLAGS.source), default_taps(FLAGS.target)
     if keras_l2t.get_method(method).default_pairs == "one_to_one":
         # One-to-one needs equal counts: the deepest target taps, one per source tap.
@@ -72,12 +108,16 @@ def time_method(method: str) -> dict:
     )
     model.compile()
     total = FLAGS.warmup + FLAGS.steps
-    images = np.random.default_rng(0).random((FLAGS.batch_size, *shape), dtype="float32")
+    shape = (FLAGS.batch_size, FLAGS.image_size, FLAGS.image_size, 3)
+    images = np.random.default_rng(0).random(shape, dtype="float32")
     labels = np.random.default_rng(1).integers(0, FLAGS.num_classes, FLAGS.batch_size)
-    data = tf.data.Dataset.from_tensors((images, labels)).repeat(total)
+
+    def batches():
+        while True:
+            yield images, labels
+
     timer = StepTimer()
-    model.fit(data, epochs=1, steps_per_epoch=total, callbacks=[timer], shuffle=False,
-              verbose=0)
+    model.fit(batches(), epochs=1, steps_per_epoch=total, callbacks=[timer], verbose=0)
     times = timer.times[FLAGS.warmup:]
     return {
         "method": method,
@@ -85,31 +125,71 @@ def time_method(method: str) -> dict:
         "median_s": statistics.median(times),
         "min_s": min(times),
         "max_s": max(times),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "first_s": timer.times[0],
+        "peak_mb": peak_memory_mb(),
     }
+
+
+def write_architectures(directory: str) -> None:
+    """Saves the source's and target's architectures as DIR/<name>.json."""
+    import os
+
+    os.makedirs(directory, exist_ok=True)
+    for name, role in ((FLAGS.source, "source"), (FLAGS.target, "target")):
+        with open(f"{directory}/{name}.json", "w") as file:
+            file.write(build(name, role).to_json())
 
 
 def main(argv):
     del argv
+    if FLAGS.dtype_policy:  # saved architectures keep the policy they were written with
+        import keras
+
+        keras.config.set_dtype_policy(FLAGS.dtype_policy)
+    if FLAGS.write_architectures:
+        write_architectures(FLAGS.write_architectures)
+        return
     if FLAGS.child:
         print(json.dumps(time_method(FLAGS.child)))
         return
+    import keras
+
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"machine: {platform.machine()}, {platform.python_version()}; "
-          f"settings: {FLAGS.source} -> {FLAGS.target}, {FLAGS.image_size} px, "
-          f"batch {FLAGS.batch_size}, {FLAGS.num_classes} classes")
+    print(f"machine: {platform.machine()}, {platform.python_version()}, Keras "
+          f"{keras.__version__} on {keras.backend.backend()} ({device_name()}); settings: "
+          f"{FLAGS.source} -> {FLAGS.target}, {FLAGS.image_size} px, batch "
+          f"{FLAGS.batch_size}, {FLAGS.num_classes} classes, "
+          f"dtype policy {FLAGS.dtype_policy or 'float32'}")
     scratch = None
     for method in FLAGS.methods:
         child = subprocess.run(
-            [sys.executable, *sys.argv, f"--child={method}"],
-            capture_output=True, text=True, check=True,
+            [sys.executable, *sys.argv, f"--child={method}"], capture_output=True, text=True
         )
+        if child.returncode != 0:
+            print(f"{method:8s} failed (exit {child.returncode}):\n{child.stderr[-3000:]}",
+                  flush=True)
+            continue
         result = json.loads(child.stdout.strip().splitlines()[-1])
         scratch = result["median_s"] if method == "scratch" else scratch
         ratio = f"x{result['median_s'] / scratch:.1f}" if scratch else "-"
-        print(f"{method:8s} {result['pairs']:3d} pairs  median {result['median_s']:.3f} s "
-              f"(min {result['min_s']:.3f}, max {result['max_s']:.3f}, n={FLAGS.steps})  "
-              f"{ratio:>6s} scratch  peak {result['peak_rss_mb']:.0f} MB", flush=True)
+        print(f"{method:8s} {result['pairs']:3d} pairs  median {result['median_s']:.4f} s "
+              f"(min {result['min_s']:.4f}, max {result['max_s']:.4f}, n={FLAGS.steps})  "
+              f"{ratio:>6s} scratch  first {result['first_s']:.1f} s  "
+              f"peak {result['peak_mb']:.0f} MB", flush=True)
+
+
+def device_name() -> str:
+    """The accelerator the backend runs on, or "CPU"."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.devices()[0].device_kind
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return gpus[0].name if gpus else "CPU"
 
 
 if __name__ == "__main__":
