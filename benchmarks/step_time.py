@@ -41,6 +41,8 @@ flags.DEFINE_list("methods", ["scratch", "lwf", "at", "lwf_at", "fm", "l2t_w", "
 flags.DEFINE_integer("steps", 10, "Timed iterations after the warm-up.")
 flags.DEFINE_integer("warmup", 3, "Untimed iterations (tracing, first steps).")
 flags.DEFINE_string("dtype_policy", None, "Keras dtype policy, e.g. mixed_bfloat16.")
+flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
+                  "XLA for the step (Keras' auto: on for JAX, off for TensorFlow on CPU).")
 flags.DEFINE_string("architectures", None, "Build the networks from DIR/<name>.json.")
 flags.DEFINE_string("write_architectures", None, "Write DIR/<name>.json and exit.")
 flags.DEFINE_string("child", None, "Internal: time this one method and print JSON.")
@@ -106,7 +108,8 @@ def time_method(method: str) -> dict:
         source, target, method=method, source_layers=source_layers,
         target_layers=target_layers,
     )
-    model.compile()
+    jit = {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile]
+    model.compile(jit_compile=jit)
     total = FLAGS.warmup + FLAGS.steps
     shape = (FLAGS.batch_size, FLAGS.image_size, FLAGS.image_size, 3)
     images = np.random.default_rng(0).random(shape, dtype="float32")
@@ -159,7 +162,7 @@ def main(argv):
           f"{keras.__version__} on {keras.backend.backend()} ({device_name()}); settings: "
           f"{FLAGS.source} -> {FLAGS.target}, {FLAGS.image_size} px, batch "
           f"{FLAGS.batch_size}, {FLAGS.num_classes} classes, "
-          f"dtype policy {FLAGS.dtype_policy or 'float32'}")
+          f"dtype policy {FLAGS.dtype_policy or 'float32'}, jit_compile {FLAGS.jit_compile}")
     scratch = None
     for method in FLAGS.methods:
         child = subprocess.run(

@@ -21,6 +21,8 @@ XLA inserts the cross-device reductions, so one step equals the single-device st
 
 from __future__ import annotations
 
+import weakref
+
 import jax
 import keras
 from keras import ops
@@ -130,16 +132,30 @@ def test_step(model, state, data):
     return logs, (trainable, non_trainable, metrics_values)
 
 
+# Compiled `meta_gradient` per model, its optimizers and `second_order`, traced on first use.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def meta_gradient(model, x, y, second_order=True):
-    """`TransferModel.meta_gradient` on JAX: steps 2-3 from the variables' values."""
-    values = _Values()
+    """`TransferModel.meta_gradient` on JAX: steps 2-3 from the variables' values,
+    compiled once per model, optimizers and `second_order`."""
     variables = model.variables + model._all_optimizer_variables()
-    values.set(variables, [v.value for v in variables])
-    batch = ops.cast(ops.shape(x)[0], model.loss_dtype)
-    with values.scope():
-        source = model.source_forward(x)
-        learning_rate = ops.convert_to_tensor(model.optimizer.learning_rate)
-    return _meta_gradient(model, values, x, y, source, learning_rate, batch, second_order)
+    compiled = _COMPILED.setdefault(model, {})
+    key = (id(model.optimizer), id(model.meta_optimizer), second_order)
+    if key not in compiled:
+
+        def pure(variable_values, x, y):
+            values = _Values()
+            values.set(variables, variable_values)
+            batch = ops.cast(ops.shape(x)[0], model.loss_dtype)
+            with values.scope():
+                source = model.source_forward(x)
+                learning_rate = ops.convert_to_tensor(model.optimizer.learning_rate)
+            return _meta_gradient(model, values, x, y, source, learning_rate, batch,
+                                  second_order)
+
+        compiled[key] = jax.jit(pure)
+    return compiled[key]([v.value for v in variables], x, y)
 
 
 def _meta_gradient(model, values, x, y, source, learning_rate, batch, second_order=True):
