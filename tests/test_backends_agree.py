@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from backends import tensorflow_only
 
 TESTS = Path(__file__).parent
 
@@ -20,6 +21,8 @@ def _two_steps(backend: str, weights: Path, out: Path) -> dict:
     return dict(np.load(out))
 
 
+@tensorflow_only("it starts one process per backend itself, so it runs once, in the "
+                 "TensorFlow pass")
 def test_tensorflow_and_jax_iterations_agree(tmp_path):
     weights = tmp_path / "initial.npz"
     tensorflow = _two_steps("tensorflow", weights, tmp_path / "tensorflow.npz")
