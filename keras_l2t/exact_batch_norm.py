@@ -10,9 +10,16 @@ replicas, so one device and N devices normalise with the same statistics.
 
 `LayerNormalization` and `GroupNormalization` use the same moments but cannot be
 switched: they are rejected with a clear error instead of being silently inexact.
+
+The switch is a training-time setting, not part of the architecture: a switched layer
+still reports `synchronized=False` in its config, so a network saved on TensorFlow loads
+on JAX (whose BatchNormalization refuses `synchronized=True`), and keras-l2t switches
+it again wherever it trains one.
 """
 
 from __future__ import annotations
+
+import functools
 
 import keras
 
@@ -52,8 +59,14 @@ def make_batch_norm_exact(model: keras.layers.Layer) -> list[str]:
             )
         if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized:
             layer.synchronized = True
+            layer.get_config = functools.partial(_portable_config, layer)
             switched.append(layer.name)
     return switched
+
+
+def _portable_config(layer: keras.layers.BatchNormalization) -> dict:
+    """The layer's config as saved: without the switch (see the module docstring)."""
+    return {**type(layer).get_config(layer), "synchronized": False}
 
 
 def is_batch_norm_exact(model: keras.layers.Layer) -> bool:

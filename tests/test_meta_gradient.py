@@ -93,6 +93,8 @@ def test_user_batch_norm_is_made_exact():
     if BACKEND == "tensorflow":  # switched to the synchronized (exact) moments
         assert all(layer.synchronized for layer in batch_norms)
         assert sorted(model.exact_batch_norm_layers) == ["tgt_bn0", "tgt_bn1"]
+        # Saved without the switch, so the network also loads on JAX.
+        assert not any(layer.get_config()["synchronized"] for layer in batch_norms)
     else:  # exact already, left as they are
         assert not any(layer.synchronized for layer in batch_norms)
         assert model.exact_batch_norm_layers == []

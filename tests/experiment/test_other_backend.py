@@ -44,3 +44,7 @@ def test_train_py_resumes_and_exports_on_the_other_backend(tmp_path, fashion_dir
     pixels = tf.stack([transform(tf.constant(image)) for image in raw])
     np.testing.assert_allclose(loaded.logits(pixels).numpy(), served["logits"].numpy(),
                                rtol=1e-5, atol=1e-5)
+    # The saved target, trained on the other backend, loads on this one and agrees.
+    target = keras.models.load_model(os.path.join(work_dir, "target.keras"), compile=False)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(target(pixels, training=False)),
+                               served["logits"].numpy(), rtol=1e-4, atol=1e-4)
