@@ -48,8 +48,7 @@ def gradients(loss_fn: Callable[[], tf.Tensor], sources: Sequence):
 def unrolled_meta_gradient(
     params: list,
     buffers: list,
-    objectives: Sequence[Callable[[list], tf.Tensor]],
-    meta_objective: Callable[[list], tf.Tensor],
+    make_objectives: Callable[[], tuple[Sequence[Callable], Callable]],
     update: Callable[[list, list, list], tuple[list, list]],
     meta_variables: Sequence,
     second_order: bool = True,
@@ -60,12 +59,14 @@ def unrolled_meta_gradient(
     then returns d meta_objective(params_K) / d meta_variables. The meta variables enter
     through the objectives only, so the derivative is second order: with
     `second_order=False` (inner gradients treated as constants) it is exactly zero.
+    `make_objectives` is called under the meta tape, so what it computes from the meta
+    variables is recorded.
 
     Args:
         params: Starting parameter values (tensors, not variables).
         buffers: Starting optimizer buffers (tensors).
-        objectives: One loss function of the parameters per lookahead step.
-        meta_objective: Loss function of the final parameters.
+        make_objectives: Returns (one loss function of the parameters per lookahead
+            step, the meta objective: a loss function of the final parameters).
         update: Pure optimizer step `(params, buffers, grads) -> (params, buffers)`.
         meta_variables: Variables to differentiate with respect to.
         second_order: Keep the inner gradients' dependence on the meta variables.
@@ -74,6 +75,7 @@ def unrolled_meta_gradient(
         (meta objective value, list of gradients aligned with `meta_variables`).
     """
     with tf.GradientTape() as meta_tape:
+        objectives, meta_objective = make_objectives()
         for objective in objectives:
             _, grads = gradients(lambda p=params, f=objective: f(p), params)
             grads = sum_across_replicas(list(grads))
@@ -148,21 +150,15 @@ def _meta_gradient(model, x, y, source, learning_rate, batch, second_order=True)
     start = [tf.convert_to_tensor(v) for v in theta]
     buffers = model.update_rule.slots(theta)
     non_trainable = [tf.convert_to_tensor(v) for v in model.target_non_trainable_variables]
-    weights = []  # w and lambda from phi, computed once inside the meta tape
 
-    def lazy(objective):
-        def call(params):
-            if not weights:
-                weights.extend(model.pair_weights(source))  # phi enters here
-            return objective(params)
-        return call
-
-    objectives = model.lookahead_objectives(x, y, source, weights, non_trainable, batch)
+    def make_objectives():
+        weights = model.pair_weights(source)  # phi enters here, once per meta step
+        objectives = model.lookahead_objectives(x, y, source, weights, non_trainable, batch)
+        return objectives, objectives[-1]  # the meta objective is L_org, as the last step
 
     def update(params, buffers, grads):
         return model.update_rule.step(params, buffers, grads, learning_rate)
 
     return unrolled_meta_gradient(
-        start, buffers, [lazy(f) for f in objectives], objectives[-1], update,
-        model.phi_variables, second_order,
+        start, buffers, make_objectives, update, model.phi_variables, second_order
     )

@@ -132,7 +132,7 @@ def test_unrolled_meta_gradient_matches_the_reference_implementation_value():
         return tf.reduce_mean(p[0] * p[1])
 
     _, (grad,) = tensorflow_step.unrolled_meta_gradient(
-        params, [tf.zeros_like(p) for p in params], [inner] * 10, outer,
+        params, [tf.zeros_like(p) for p in params], lambda: ([inner] * 10, outer),
         lambda p, b, g: rule.step(p, b, g, 0.1), [lam],
     )
     np.testing.assert_allclose(
