@@ -74,13 +74,46 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def time_method(method: str) -> dict:
-    """Times `steps` iterations of `method` after warm-up, in this process."""
+def build_model(method: str):
+    """The compiled `TransferModel` of `method` on the flags' networks (seed 0).
+
+    Pairs: the method's default preset over the networks' default taps; one-to-one
+    takes the deepest target taps, one per source tap.
+    """
     import keras
-    import numpy as np
 
     import keras_l2t
     from keras_l2t.networks import default_taps
+
+    keras.utils.set_random_seed(0)
+    source, target = build(FLAGS.source, "source"), build(FLAGS.target, "target")
+    source_layers, target_layers = default_taps(FLAGS.source), default_taps(FLAGS.target)
+    if keras_l2t.get_method(method).default_pairs == "one_to_one":
+        count = min(len(source_layers), len(target_layers))
+        source_layers, target_layers = source_layers[-count:], target_layers[-count:]
+    model = keras_l2t.TransferModel(
+        source, target, method=method, source_layers=source_layers,
+        target_layers=target_layers,
+    )
+    jit = {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile]
+    model.compile(jit_compile=jit)
+    return model
+
+
+def random_batch():
+    """One batch of the flags' size: uniform images and random labels (fixed seeds)."""
+    import numpy as np
+
+    shape = (FLAGS.batch_size, FLAGS.image_size, FLAGS.image_size, 3)
+    images = np.random.default_rng(0).random(shape, dtype="float32")
+    labels = np.random.default_rng(1).integers(0, FLAGS.num_classes, FLAGS.batch_size)
+    return images, labels
+
+
+def time_method(method: str) -> dict:
+    """Times `steps` iterations of `method` after warm-up, in this process."""
+    import keras
+
 
     class StepTimer(keras.callbacks.Callback):
         """Wall time from batch begin to batch end; Keras turns the logs into Python
@@ -97,23 +130,9 @@ def time_method(method: str) -> dict:
             float(logs["loss"])  # the step has finished on the device
             self.times.append(time.perf_counter() - self.start)
 
-    keras.utils.set_random_seed(0)
-    source, target = build(FLAGS.source, "source"), build(FLAGS.target, "target")
-    source_layers, target_layers = default_taps(FLAGS.source), default_taps(FLAGS.target)
-    if keras_l2t.get_method(method).default_pairs == "one_to_one":
-        # One-to-one needs equal counts: the deepest target taps, one per source tap.
-        count = min(len(source_layers), len(target_layers))
-        source_layers, target_layers = source_layers[-count:], target_layers[-count:]
-    model = keras_l2t.TransferModel(
-        source, target, method=method, source_layers=source_layers,
-        target_layers=target_layers,
-    )
-    jit = {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile]
-    model.compile(jit_compile=jit)
+    model = build_model(method)
     total = FLAGS.warmup + FLAGS.steps
-    shape = (FLAGS.batch_size, FLAGS.image_size, FLAGS.image_size, 3)
-    images = np.random.default_rng(0).random(shape, dtype="float32")
-    labels = np.random.default_rng(1).integers(0, FLAGS.num_classes, FLAGS.batch_size)
+    images, labels = random_batch()
 
     def batches():
         while True:

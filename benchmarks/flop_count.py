@@ -1,0 +1,71 @@
+"""Floating-point operations of one training iteration per method, counted by XLA.
+
+Usage (JAX backend; the networks and pairs of `step_time.py`, same flags):
+    KERAS_BACKEND=jax python benchmarks/flop_count.py --methods=scratch,fm,l2t_ww
+    KERAS_BACKEND=jax python benchmarks/flop_count.py --source=resnet34 \
+        --target=resnet18 --image_size=224 --batch_size=8 --num_classes=200
+
+Compiles each method's whole training step (`TransferModel.train_step` on JAX, as
+`fit` runs it) and prints XLA's cost analysis of the optimised program: the flops
+(a multiply-add counts 2) and the ratio to the plain `scratch` step. Dead code is
+eliminated before counting, so only what the iteration needs is counted. On a machine
+whose step time is bound by arithmetic, the time ratios of `step_time.py` should follow
+these ratios; a method whose time ratio is far above its flop ratio loses time elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from absl import app, flags
+from step_time import build_model, random_batch  # also defines the shared flags
+
+FLAGS = flags.FLAGS
+
+
+def count(method: str) -> dict:
+    """XLA's flop count of one compiled training step of `method`."""
+    import jax
+    import keras
+
+    if keras.backend.backend() != "jax":
+        raise SystemExit("flop_count.py needs KERAS_BACKEND=jax (XLA's cost analysis).")
+    model = build_model(method)
+    images, labels = random_batch()
+    model.fit(images, labels, batch_size=FLAGS.batch_size, epochs=1, verbose=0)  # builds
+    state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
+                                 optimizer_variables=True, metrics_variables=True)
+    compiled = jax.jit(model.train_step).lower(state, (images, labels)).compile()
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    return {"method": method, "pairs": len(model.pairs), "flops": analysis["flops"]}
+
+
+def main(argv):
+    del argv
+    if FLAGS.child:
+        print(json.dumps(count(FLAGS.child)))
+        return
+    print(f"command: python {' '.join(sys.argv)}")
+    print(f"settings: {FLAGS.source} -> {FLAGS.target}, {FLAGS.image_size} px, batch "
+          f"{FLAGS.batch_size}, {FLAGS.num_classes} classes")
+    scratch = None
+    for method in FLAGS.methods:
+        child = subprocess.run(
+            [sys.executable, *sys.argv, f"--child={method}"], capture_output=True, text=True
+        )
+        if child.returncode != 0:
+            print(f"{method:8s} failed (exit {child.returncode}):\n{child.stderr[-3000:]}",
+                  flush=True)
+            continue
+        result = json.loads(child.stdout.strip().splitlines()[-1])
+        scratch = result["flops"] if method == "scratch" else scratch
+        ratio = f"x{result['flops'] / scratch:.2f}" if scratch else "-"
+        print(f"{method:8s} {result['pairs']:3d} pairs  {result['flops'] / 1e9:9.1f} GFLOP  "
+              f"{ratio:>6s} scratch", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
