@@ -1,13 +1,23 @@
 """Test set-up: two CPU devices (MirroredStrategy on TensorFlow, DataParallel on JAX)
-before the backend starts, and the float64 fixture."""
+before the backend starts, a JAX compilation cache shared with the processes tests
+start, and the float64 fixture."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if os.environ.get("KERAS_BACKEND") == "jax":
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
     ).strip()
+    # One compilation cache for this session, shared with the train.py processes the
+    # tests start (the same program compiles once, not once per process); new each run.
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        _cache = tempfile.mkdtemp(prefix="jax_cache_")
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+        atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 import tensorflow as tf  # noqa: E402
 
