@@ -13,6 +13,9 @@ method: the median iteration time after warm-up, its spread, the ratio to the `s
 step, the first iteration's time (tracing and compilation included) and the peak memory.
 Pairs: the method's default preset over the networks' default taps (l2t_ww: all-to-all).
 
+`--profile_dir=DIR` (JAX) traces a few more iterations after the timed ones;
+`benchmarks/kernel_summary.py DIR/<method>` says where their device time goes.
+
 `--write_architectures=DIR` saves the networks' architectures as JSON and
 `--architectures=DIR` builds from them, for machines without keras-cv (which needs
 TensorFlow) such as a JAX-only GPU machine.
@@ -45,6 +48,10 @@ flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
                   "XLA for the step (Keras' auto: on for JAX, off for TensorFlow on CPU).")
 flags.DEFINE_string("architectures", None, "Build the networks from DIR/<name>.json.")
 flags.DEFINE_string("write_architectures", None, "Write DIR/<name>.json and exit.")
+flags.DEFINE_string("profile_dir", None,
+                    "JAX only: after the timed iterations, trace --profile_steps more with "
+                    "JAX's profiler into DIR/<method> (read it with kernel_summary.py).")
+flags.DEFINE_integer("profile_steps", 3, "Iterations traced with --profile_dir.")
 flags.DEFINE_string("child", None, "Internal: time this one method and print JSON.")
 
 
@@ -111,9 +118,9 @@ def random_batch():
 
 
 def time_method(method: str) -> dict:
-    """Times `steps` iterations of `method` after warm-up, in this process."""
+    """Times `steps` iterations of `method` after warm-up, in this process; then traces
+    `profile_steps` more with JAX's profiler when `--profile_dir` is given."""
     import keras
-
 
     class StepTimer(keras.callbacks.Callback):
         """Wall time from batch begin to batch end; Keras turns the logs into Python
@@ -124,14 +131,24 @@ def time_method(method: str) -> dict:
             self.times = []
 
         def on_train_batch_begin(self, batch, logs=None):
+            if FLAGS.profile_dir and batch == FLAGS.warmup + FLAGS.steps:
+                import jax
+
+                jax.profiler.start_trace(f"{FLAGS.profile_dir}/{method}")
             self.start = time.perf_counter()
+
+        def on_train_end(self, logs=None):
+            if FLAGS.profile_dir:
+                import jax
+
+                jax.profiler.stop_trace()
 
         def on_train_batch_end(self, batch, logs=None):
             float(logs["loss"])  # the step has finished on the device
             self.times.append(time.perf_counter() - self.start)
 
     model = build_model(method)
-    total = FLAGS.warmup + FLAGS.steps
+    total = FLAGS.warmup + FLAGS.steps + (FLAGS.profile_steps if FLAGS.profile_dir else 0)
     images, labels = random_batch()
 
     def batches():
@@ -140,7 +157,7 @@ def time_method(method: str) -> dict:
 
     timer = StepTimer()
     model.fit(batches(), epochs=1, steps_per_epoch=total, callbacks=[timer], verbose=0)
-    times = timer.times[FLAGS.warmup:]
+    times = timer.times[FLAGS.warmup:FLAGS.warmup + FLAGS.steps]
     return {
         "method": method,
         "pairs": len(model.pairs),
@@ -176,6 +193,8 @@ def main(argv):
         return
     import keras
 
+    if FLAGS.profile_dir and keras.backend.backend() != "jax":
+        raise SystemExit("--profile_dir uses JAX's profiler: run with KERAS_BACKEND=jax.")
     print(f"command: python {' '.join(sys.argv)}")
     print(f"machine: {platform.machine()}, {platform.python_version()}, Keras "
           f"{keras.__version__} on {keras.backend.backend()} ({device_name()}); settings: "

@@ -1,0 +1,117 @@
+"""Where the device time of traced iterations goes, from a JAX profiler trace.
+
+Usage:
+    KERAS_BACKEND=jax python benchmarks/step_time.py --methods=scratch,l2t_ww \\
+        --profile_dir=/tmp/profile
+    python benchmarks/kernel_summary.py /tmp/profile/l2t_ww --iterations=3
+
+Reads the newest `*.trace.json.gz` under the directory (written by `jax.profiler`; plain
+JSON, no TensorBoard needed) and prints, per iteration: the kernels launched, their
+summed time, the span from the first kernel's start to the last one's end (busy share =
+kernel time / span: a low share means the device waits for launches), the time per
+kind of kernel, and the kernels that take the most time. Only events of processes whose
+name contains `--process` count (GPU: "/device:"; on a CPU, "/host:CPU" gives a rough
+view that also holds runtime events).
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("iterations", 3, "How many iterations the trace holds.")
+flags.DEFINE_string("process", "/device:", "Count events of processes whose name has this.")
+flags.DEFINE_integer("top", 15, "How many kernels to list.")
+
+# Kind of kernel by the first keyword its name contains (lower case), in this order.
+KINDS = (
+    ("convolution", ("conv", "cudnn", "xmma", "implicit_gemm", "wgrad", "dgrad")),
+    ("matmul", ("gemm", "cutlass", "dot", "matmul")),
+    ("copy", ("memcpy", "memset", "copy", "transpose")),
+    ("reduction", ("reduce", "reduction")),
+    ("fusion", ("fusion", "loop_", "input_")),
+)
+
+
+def kind_of(name: str) -> str:
+    """The kind of a kernel, from keywords in its name; "other" when none matches."""
+    lower = name.lower()
+    for kind, keywords in KINDS:
+        if any(keyword in lower for keyword in keywords):
+            return kind
+    return "other"
+
+
+def base_name(name: str) -> str:
+    """A kernel name without XLA's numeric suffixes (`fusion.123` -> `fusion`)."""
+    return re.sub(r"([._]\d+)+$", "", name)
+
+
+def read_trace(directory: str) -> list[dict]:
+    """The trace events of the newest trace file under `directory`."""
+    files = glob.glob(os.path.join(directory, "**", "*.trace.json.gz"), recursive=True)
+    if not files:
+        raise SystemExit(f"No *.trace.json.gz under {directory}: pass the directory that "
+                         "step_time.py --profile_dir wrote for one method.")
+    with gzip.open(max(files, key=os.path.getmtime)) as file:
+        trace = json.load(file)
+    return trace["traceEvents"] if isinstance(trace, dict) else trace
+
+
+def kernel_events(events: list[dict], process: str) -> list[dict]:
+    """Complete ('X') events of the processes whose name contains `process`."""
+    names = {e["pid"]: e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "process_name"}
+    chosen = {pid for pid, name in names.items() if process in name}
+    if not chosen:
+        raise SystemExit(f"No process named like {process!r} in the trace; it has: "
+                         f"{sorted(set(names.values()))}. Pass one with --process.")
+    return [e for e in events if e.get("ph") == "X" and e["pid"] in chosen
+            and not e["name"].startswith("$")]  # "$..." are Python frames
+
+
+def summarize(kernels: list[dict], iterations: int, top: int) -> str:
+    """The report: totals per iteration, time per kind, the costliest kernels."""
+    busy = sum(e.get("dur", 0.0) for e in kernels)
+    span = max(e["ts"] + e.get("dur", 0.0) for e in kernels) - min(e["ts"] for e in kernels)
+    lines = [
+        f"per iteration: {len(kernels) / iterations:.0f} kernels, "
+        f"{busy / iterations / 1e3:.2f} ms of kernel time, span {span / iterations / 1e3:.2f} "
+        f"ms (busy {busy / span:.0%})",
+        "by kind (ms per iteration, share of kernel time, kernels per iteration):",
+    ]
+    kinds = collections.defaultdict(lambda: [0.0, 0])
+    for e in kernels:
+        kinds[kind_of(e["name"])][0] += e.get("dur", 0.0)
+        kinds[kind_of(e["name"])][1] += 1
+    for kind, (time_us, count) in sorted(kinds.items(), key=lambda kv: -kv[1][0]):
+        lines.append(f"  {kind:12s} {time_us / iterations / 1e3:8.3f} ms  {time_us / busy:6.1%}"
+                     f"  {count / iterations:6.0f}")
+    lines.append(f"top {top} kernels (ms per iteration, share, calls per iteration, mean us):")
+    names = collections.defaultdict(lambda: [0.0, 0])
+    for e in kernels:
+        names[base_name(e["name"])][0] += e.get("dur", 0.0)
+        names[base_name(e["name"])][1] += 1
+    for name, (time_us, count) in sorted(names.items(), key=lambda kv: -kv[1][0])[:top]:
+        lines.append(f"  {time_us / iterations / 1e3:8.3f} ms  {time_us / busy:6.1%}  "
+                     f"{count / iterations:6.0f}  {time_us / count:8.1f}  {name[:90]}")
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) != 2:
+        raise SystemExit("Usage: python benchmarks/kernel_summary.py PROFILE_DIR [flags]")
+    kernels = kernel_events(read_trace(argv[1]), FLAGS.process)
+    print(f"trace: {argv[1]}, {FLAGS.iterations} iterations, processes like {FLAGS.process!r}")
+    print(summarize(kernels, FLAGS.iterations, FLAGS.top))
+
+
+if __name__ == "__main__":
+    app.run(main)
