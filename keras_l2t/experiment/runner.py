@@ -128,7 +128,8 @@ def _run_transfer(config: ExperimentConfig, strategy: Strategy) -> dict:
     _log(f"{config.method}: {config.source or '-'} -> {config.target} on {config.dataset} "
          f"({splits.num_train} train / {splits.num_val} val / {splits.num_test} test, "
          f"{splits.num_classes} classes, {len(model.pairs)} pairs), "
-         f"{strategy.num_replicas_in_sync} replica(s), {data.steps_per_epoch} steps/epoch.")
+         f"{strategy.num_replicas_in_sync} replica(s) on {keras.backend.backend()}, "
+         f"{data.steps_per_epoch} steps/epoch.")
     if start >= config.epochs:
         _log(f"All {config.epochs} epochs were trained before; finishing.")
     elif start:

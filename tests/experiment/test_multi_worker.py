@@ -50,7 +50,7 @@ def test_two_workers_finish_with_identical_weights(tmp_path, fashion_dir, source
 
     hashes = [re.search(r"Target weights sha1 ([0-9a-f]{40})", out)[1] for out in outputs]
     assert hashes[0] == hashes[1]
-    assert all("2 replica(s), 2 steps/epoch" in out for out in outputs)
+    assert all("2 replica(s) on tensorflow, 2 steps/epoch" in out for out in outputs)
     results = load_json(os.path.join(work_dir, "results.json"))
     assert results["target_weights_sha1"] == hashes[0]
     # Only the chief (worker 0) wrote: one row per epoch, one checkpoint set.

@@ -1,12 +1,11 @@
 """train.py, unchanged, on the other backend than this test process (JAX when the suite
-runs on TensorFlow, TensorFlow when it runs on JAX), so each run of the suite covers
-both: a run killed mid-epoch resumes and finishes, and its SavedModel loads here and
-serves the network whose test accuracy results.json reports."""
+runs on TensorFlow, TensorFlow when it runs on JAX): its SavedModel loads here and
+serves the network whose test accuracy results.json reports, and its target.keras loads
+on this backend. (Kill and resume on each backend: test_resume, in that backend's pass.)"""
 
 from __future__ import annotations
 
 import os
-import signal
 
 import keras
 import numpy as np
@@ -18,18 +17,16 @@ from keras_l2t.data import augment, load_fashion_mnist_arrays
 OTHER = "jax" if keras.backend.backend() == "tensorflow" else "tensorflow"
 
 
-def test_train_py_resumes_and_exports_on_the_other_backend(tmp_path, fashion_dir,
-                                                            source_file):
+def test_train_py_trains_and_exports_on_the_other_backend(tmp_path, fashion_dir,
+                                                           source_file):
     env = {"KERAS_BACKEND": OTHER}
     work_dir = str(tmp_path / "run")
     flags = tiny_flags(work_dir, fashion_dir, source_file, epochs=2, max_steps_per_epoch=3)
 
-    killed = run_train([*flags, "--testing_kill_at_step=5"], env=env)  # epoch 2, step 2
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert checkpoint_state(work_dir)["epoch"] == 1
-    resumed = run_train(flags, env=env)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resuming after epoch 1 of 2" in resumed.stdout and "epoch 2/2" in resumed.stdout
+    run = run_train(flags, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"replica(s) on {OTHER}," in run.stdout and "epoch 2/2" in run.stdout
+    assert checkpoint_state(work_dir)["epoch"] == 2
 
     results = load_json(os.path.join(work_dir, "results.json"))
     assert results["best_epoch"] in (1, 2) and 0.0 <= results["test_accuracy"] <= 1.0
