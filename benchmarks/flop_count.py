@@ -16,11 +16,10 @@ these ratios; a method whose time ratio is far above its flop ratio loses time e
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 from absl import app, flags
-from step_time import build_model, random_batch  # also defines the shared flags
+from step_time import build_model, child_results, random_batch  # + shared flags
 
 FLAGS = flags.FLAGS
 
@@ -28,10 +27,7 @@ FLAGS = flags.FLAGS
 def count(method: str) -> dict:
     """XLA's flop count of one compiled training step of `method`."""
     import jax
-    import keras
 
-    if keras.backend.backend() != "jax":
-        raise SystemExit("flop_count.py needs KERAS_BACKEND=jax (XLA's cost analysis).")
     model = build_model(method)
     images, labels = random_batch()
     model.fit(images[:2], labels[:2], batch_size=2, epochs=1, verbose=0)  # builds, cheaply
@@ -45,6 +41,10 @@ def count(method: str) -> dict:
 
 def main(argv):
     del argv
+    import keras
+
+    if keras.backend.backend() != "jax":
+        raise SystemExit("flop_count.py needs KERAS_BACKEND=jax (XLA's cost analysis).")
     if FLAGS.child:
         print(json.dumps(count(FLAGS.child)))
         return
@@ -52,15 +52,7 @@ def main(argv):
     print(f"settings: {FLAGS.source} -> {FLAGS.target}, {FLAGS.image_size} px, batch "
           f"{FLAGS.batch_size}, {FLAGS.num_classes} classes")
     scratch = None
-    for method in FLAGS.methods:
-        child = subprocess.run(
-            [sys.executable, *sys.argv, f"--child={method}"], capture_output=True, text=True
-        )
-        if child.returncode != 0:
-            print(f"{method:8s} failed (exit {child.returncode}):\n{child.stderr[-3000:]}",
-                  flush=True)
-            continue
-        result = json.loads(child.stdout.strip().splitlines()[-1])
+    for method, result in child_results(FLAGS.methods):
         scratch = result["flops"] if method == "scratch" else scratch
         ratio = f"x{result['flops'] / scratch:.2f}" if scratch else "-"
         print(f"{method:8s} {result['pairs']:3d} pairs  {result['flops'] / 1e9:9.1f} GFLOP  "

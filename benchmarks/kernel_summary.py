@@ -77,6 +77,16 @@ def kernel_events(events: list[dict], process: str) -> list[dict]:
             and not e["name"].startswith("$")]  # "$..." are Python frames
 
 
+def totals(kernels: list[dict], key) -> list[tuple[str, list]]:
+    """[(key(name), [summed microseconds, count])], the costliest first."""
+    groups = collections.defaultdict(lambda: [0.0, 0])
+    for e in kernels:
+        group = groups[key(e["name"])]
+        group[0] += e.get("dur", 0.0)
+        group[1] += 1
+    return sorted(groups.items(), key=lambda item: -item[1][0])
+
+
 def summarize(kernels: list[dict], iterations: int, top: int) -> str:
     """The report: totals per iteration, time per kind, the costliest kernels."""
     busy = sum(e.get("dur", 0.0) for e in kernels)
@@ -87,19 +97,11 @@ def summarize(kernels: list[dict], iterations: int, top: int) -> str:
         f"ms (busy {busy / span:.0%})",
         "by kind (ms per iteration, share of kernel time, kernels per iteration):",
     ]
-    kinds = collections.defaultdict(lambda: [0.0, 0])
-    for e in kernels:
-        kinds[kind_of(e["name"])][0] += e.get("dur", 0.0)
-        kinds[kind_of(e["name"])][1] += 1
-    for kind, (time_us, count) in sorted(kinds.items(), key=lambda kv: -kv[1][0]):
+    for kind, (time_us, count) in totals(kernels, kind_of):
         lines.append(f"  {kind:12s} {time_us / iterations / 1e3:8.3f} ms  {time_us / busy:6.1%}"
                      f"  {count / iterations:6.0f}")
     lines.append(f"top {top} kernels (ms per iteration, share, calls per iteration, mean us):")
-    names = collections.defaultdict(lambda: [0.0, 0])
-    for e in kernels:
-        names[base_name(e["name"])][0] += e.get("dur", 0.0)
-        names[base_name(e["name"])][1] += 1
-    for name, (time_us, count) in sorted(names.items(), key=lambda kv: -kv[1][0])[:top]:
+    for name, (time_us, count) in totals(kernels, base_name)[:top]:
         lines.append(f"  {time_us / iterations / 1e3:8.3f} ms  {time_us / busy:6.1%}  "
                      f"{count / iterations:6.0f}  {time_us / count:8.1f}  {name[:90]}")
     return "\n".join(lines)

@@ -202,7 +202,20 @@ def main(argv):
           f"{FLAGS.batch_size}, {FLAGS.num_classes} classes, "
           f"dtype policy {FLAGS.dtype_policy or 'float32'}, jit_compile {FLAGS.jit_compile}")
     scratch = None
-    for method in FLAGS.methods:
+    for method, result in child_results(FLAGS.methods):
+        scratch = result["median_s"] if method == "scratch" else scratch
+        ratio = f"x{result['median_s'] / scratch:.1f}" if scratch else "-"
+        print(f"{method:8s} {result['pairs']:3d} pairs  median {result['median_s']:.4f} s "
+              f"(min {result['min_s']:.4f}, max {result['max_s']:.4f}, n={FLAGS.steps})  "
+              f"{ratio:>6s} scratch  first {result['first_s']:.1f} s  "
+              f"peak {result['peak_mb']:.0f} MB", flush=True)
+
+
+def child_results(methods):
+    """Reruns this script with `--child=METHOD` per method, each in its own process (so
+    memory peaks and compilations are its own); yields (method, the child's JSON result).
+    A failed child's error is printed and its method skipped."""
+    for method in methods:
         child = subprocess.run(
             [sys.executable, *sys.argv, f"--child={method}"], capture_output=True, text=True
         )
@@ -210,13 +223,7 @@ def main(argv):
             print(f"{method:8s} failed (exit {child.returncode}):\n{child.stderr[-3000:]}",
                   flush=True)
             continue
-        result = json.loads(child.stdout.strip().splitlines()[-1])
-        scratch = result["median_s"] if method == "scratch" else scratch
-        ratio = f"x{result['median_s'] / scratch:.1f}" if scratch else "-"
-        print(f"{method:8s} {result['pairs']:3d} pairs  median {result['median_s']:.4f} s "
-              f"(min {result['min_s']:.4f}, max {result['max_s']:.4f}, n={FLAGS.steps})  "
-              f"{ratio:>6s} scratch  first {result['first_s']:.1f} s  "
-              f"peak {result['peak_mb']:.0f} MB", flush=True)
+        yield method, json.loads(child.stdout.strip().splitlines()[-1])
 
 
 def device_name() -> str:
