@@ -114,7 +114,7 @@ def load_dataset(
     batch_size: int | None = None,
     eval_batch_size: int | None = None,
     shuffle_seed: int | None = None,
-    shuffle_buffer: int = 10_000,
+    shuffle_buffer: int | None = None,
     drop_remainder: bool = False,
     antialias: bool = True,
     num_parallel_calls: int = tf.data.AUTOTUNE,
@@ -149,7 +149,8 @@ def load_dataset(
         batch_size: train batch; default 64 (224 px) or 128 (32 px).
         eval_batch_size: val/test batch; default ``batch_size``.
         shuffle_seed: seed of the train shuffle and augmentation; default ``split_seed``.
-        shuffle_buffer: train shuffle buffer.
+        shuffle_buffer: train shuffle buffer; default: the whole train split, or
+            10,000 for TFDS datasets (stored shuffled; their buffer holds encoded images).
         drop_remainder: drop the last partial train batch.
         antialias: antialiased resizing, as PIL (the reference) does; False is about
             1.6x faster at 224 px on CPU.

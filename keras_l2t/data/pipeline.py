@@ -11,10 +11,19 @@ AUTOTUNE = tf.data.AUTOTUNE
 PATH = "path"  # a file path: read inside the parallel map
 ENCODED = "encoded"  # encoded image bytes
 ARRAY = "array"  # a uint8 [H, W] or [H, W, C] array
+# Encoded images are held in the shuffle buffer as bytes; TFDS stores them shuffled.
+ENCODED_SHUFFLE_BUFFER = 10_000
 
 
 def _load(x: tf.Tensor, kind: str) -> tf.Tensor:
     return tf.io.read_file(x) if kind == PATH else x
+
+
+def _default_shuffle_buffer(ds: tf.data.Dataset, kind: str) -> int:
+    size = int(ds.cardinality())
+    if size < 0:  # unknown or infinite
+        return ENCODED_SHUFFLE_BUFFER
+    return max(1, size if kind != ENCODED else min(size, ENCODED_SHUFFLE_BUFFER))
 
 
 def build_pipeline(
@@ -26,7 +35,7 @@ def build_pipeline(
     augmentation: str,
     batch_size: int,
     seed: int = 0,
-    shuffle_buffer: int = 10_000,
+    shuffle_buffer: int | None = None,
     drop_remainder: bool = False,
     num_parallel_calls: int = AUTOTUNE,
     antialias: bool = True,
@@ -47,7 +56,10 @@ def build_pipeline(
         augmentation: ``augment.RESIZED_CROP`` or ``augment.PAD_CROP``.
         batch_size: examples per batch.
         seed: shuffle and augmentation seed.
-        shuffle_buffer: shuffle buffer size (elements held before decoding).
+        shuffle_buffer: shuffle buffer size (elements held before decoding). None: the
+            whole dataset for PATH and ARRAY elements (a uniform shuffle, as the
+            reference's `DataLoader(shuffle=True)`; image folders are listed class by
+            class), ``ENCODED_SHUFFLE_BUFFER`` for ENCODED ones.
         drop_remainder: drop the last partial batch.
         num_parallel_calls: parallelism of the decode/augment map.
         antialias: antialiased resizing (as PIL); False is about 1.6x faster at 224 px.
@@ -59,7 +71,8 @@ def build_pipeline(
         raise ValueError(f"Unknown element kind {kind!r}.")
     if training:
         train_fn = augment.train_transform(augmentation, image_size, antialias)
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        buffer = shuffle_buffer or _default_shuffle_buffer(ds, kind)
+        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds))
 
