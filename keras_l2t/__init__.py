@@ -4,7 +4,7 @@ from keras_l2t.exact_batch_norm import is_batch_norm_exact, make_batch_norm_exac
 from keras_l2t.features import feature_extractor, feature_map_layers
 from keras_l2t.layers import ChannelWeights, FeatureAdapter, PairWeight
 from keras_l2t.methods import METHODS, get_method
-from keras_l2t.optimizers import CoupledSGD
+from keras_l2t.optimizers import CoupledSGD, TorchAdam
 from keras_l2t.pairs import resolve_pairs
 from keras_l2t.transfer_model import TransferModel
 
@@ -16,6 +16,7 @@ __all__ = [
     "CoupledSGD",
     "FeatureAdapter",
     "PairWeight",
+    "TorchAdam",
     "TransferModel",
     "feature_extractor",
     "feature_map_layers",

@@ -21,7 +21,7 @@ from keras_l2t.network_checks import (
     outputs_logits,
     penultimate_features,
 )
-from keras_l2t.optimizers import CoupledSGD
+from keras_l2t.optimizers import CoupledSGD, TorchAdam
 from keras_l2t.pairs import resolve_pairs
 from keras_l2t.update_rules import update_rule_for
 
@@ -261,7 +261,8 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
                 `CoupledSGD(0.1, momentum=0.9, weight_decay=1e-4)`. Must be
                 `keras_l2t.optimizers.CoupledSGD` or `keras.optimizers.SGD`, whose
                 update the lookahead replays exactly.
-            meta_optimizer: Optimizer of phi (meta-networks). Default: Adam(1e-4).
+            meta_optimizer: Optimizer of phi (meta-networks). Default: the reference's
+                `TorchAdam(1e-4)` (`torch.optim.Adam`'s epsilon, see `TorchAdam`).
             metrics: Metrics on (labels, target outputs), e.g. ["accuracy"].
             **kwargs: Other `keras.Model.compile` arguments. `loss` is not accepted:
                 the model computes its losses itself.
@@ -277,7 +278,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             **kwargs,
         )
         self.meta_optimizer = keras.optimizers.get(
-            meta_optimizer if meta_optimizer is not None else keras.optimizers.Adam(1e-4)
+            meta_optimizer if meta_optimizer is not None else TorchAdam(1e-4)
         )
         if self.method.meta_learned:
             self.update_rule = update_rule_for(self.optimizer, self.theta_variables)

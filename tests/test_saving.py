@@ -13,7 +13,7 @@ import keras_l2t
 
 def _trained_model():
     model = toy_transfer_model()
-    model.compile(meta_optimizer=keras.optimizers.Adam(1e-2), metrics=["accuracy"])
+    model.compile(meta_optimizer=keras_l2t.TorchAdam(1e-2), metrics=["accuracy"])
     x, y = toy_batch(n=8)
     model.fit(x, y, batch_size=4, epochs=1, verbose=0)
     return model, x
@@ -35,6 +35,7 @@ def test_transfer_model_round_trips_through_a_keras_file(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     for a, b in zip(model.optimizer.momentums, loaded.optimizer.momentums):
         np.testing.assert_array_equal(a.numpy(), b.numpy())  # theta optimizer state too
+    assert isinstance(loaded.meta_optimizer, keras_l2t.TorchAdam)
     assert loaded.meta_optimizer.learning_rate.numpy() == np.float32(1e-2)
     assert loaded.meta_optimizer.iterations.numpy() == 2  # the meta-optimizer's state too
     for a, b in zip(model.meta_optimizer.variables, loaded.meta_optimizer.variables):

@@ -71,6 +71,47 @@ def test_unknown_optimizers_and_unreplicable_options_are_refused():
         update_rule_for(keras.optimizers.SGD(clipnorm=1.0), [])
 
 
+def _torch_adam(p, grads, lr, beta_1, beta_2, eps):
+    """torch.optim.Adam written out by hand: eps added after the bias correction."""
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    for t, g in enumerate(grads, start=1):
+        m = beta_1 * m + (1 - beta_1) * g
+        v = beta_2 * v + (1 - beta_2) * g**2
+        p = p - lr * (m / (1 - beta_1**t)) / (np.sqrt(v / (1 - beta_2**t)) + eps)
+    return p, m, v
+
+
+def test_torch_adam_is_torch_adam_where_keras_adam_is_not(float64):
+    rng = np.random.default_rng(2)
+    p0 = rng.normal(size=(4, 3))
+    # Meta-gradient-sized gradients of one sign: here Keras' epsilon placement matters.
+    grads = [1e-6 * (1 + rng.random(size=(4, 3))) for _ in range(5)]
+    ours, keras_adam = keras.Variable(p0, dtype="float64"), keras.Variable(p0, dtype="float64")
+    optimizer = keras_l2t.TorchAdam(0.125, beta_1=0.8, beta_2=0.99, epsilon=1e-8)
+    reference = keras.optimizers.Adam(0.125, beta_1=0.8, beta_2=0.99)  # epsilon 1e-7
+    for g in grads:
+        optimizer.apply([keras.ops.convert_to_tensor(g)], [ours])
+        reference.apply([keras.ops.convert_to_tensor(g)], [keras_adam])
+    expected, m, v = _torch_adam(p0, grads, 0.125, 0.8, 0.99, 1e-8)
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(optimizer.momentums[0].numpy(), m, rtol=1e-12)
+    np.testing.assert_allclose(optimizer.velocities[0].numpy(), v, rtol=1e-12)
+    # Keras' Adam adds its epsilon before the correction: much shorter steps here.
+    step_torch, step_keras = np.abs(expected - p0), np.abs(keras_adam.numpy() - p0)
+    assert np.all(step_keras < 0.8 * step_torch)
+
+
+def test_torch_adam_config_round_trip_and_refused_options():
+    optimizer = keras_l2t.TorchAdam(3e-4, beta_1=0.5, beta_2=0.9, epsilon=1e-6)
+    clone = keras_l2t.TorchAdam.from_config(optimizer.get_config())
+    assert (clone.beta_1, clone.beta_2, clone.epsilon) == (0.5, 0.9, 1e-6)
+    assert clone.weight_decay is None
+    with pytest.raises(ValueError, match="meta_weight_decay"):
+        keras_l2t.TorchAdam(weight_decay=1e-4)
+    with pytest.raises(ValueError, match="beta_2 must be in"):
+        keras_l2t.TorchAdam(beta_2=1.0)
+
+
 def test_coupled_sgd_config_round_trip():
     optimizer = keras_l2t.CoupledSGD(0.05, momentum=0.8, weight_decay=5e-4, nesterov=True)
     clone = keras_l2t.CoupledSGD.from_config(optimizer.get_config())

@@ -95,7 +95,7 @@ class ExperimentConfig:
     momentum: float = _field(0.9, "SGD momentum.")
     weight_decay: float = _field(1e-4, "Coupled (torch-style) weight decay.")
     lr_schedule: str = _field("cosine", "cosine (per step, to 0 at the end) or constant.")
-    meta_learning_rate: float = _field(1e-4, "Adam learning rate of the meta-networks.")
+    meta_learning_rate: float = _field(1e-4, "TorchAdam learning rate of the meta-networks.")
     meta_weight_decay: float = _field(1e-4, "L2 added to the meta-gradient.")
     seed: int = _field(0, "Seed of initialisation, shuffling and augmentation.")
     deterministic: bool = _field(False, "Enable TensorFlow op determinism (slower).")

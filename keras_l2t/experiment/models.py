@@ -11,7 +11,7 @@ from keras_l2t.experiment import small_networks
 from keras_l2t.experiment.config import ExperimentConfig
 from keras_l2t.experiment.errors import ExperimentError
 from keras_l2t.methods import get_method
-from keras_l2t.optimizers import CoupledSGD
+from keras_l2t.optimizers import CoupledSGD, TorchAdam
 from keras_l2t.transfer_model import TransferModel
 
 NETWORK_HELP = (
@@ -152,13 +152,13 @@ def learning_rate(config: ExperimentConfig, total_steps: int):
 
 
 def compile_model(model: TransferModel, config: ExperimentConfig, total_steps: int) -> None:
-    """Compiles with CoupledSGD (the reference's SGD) and Adam for the meta-networks."""
+    """Compiles with the reference's optimizers: CoupledSGD, and TorchAdam for the meta-networks."""
     model.compile(
         optimizer=CoupledSGD(
             learning_rate(config, total_steps), momentum=config.momentum,
             weight_decay=config.weight_decay,
         ),
-        meta_optimizer=keras.optimizers.Adam(config.meta_learning_rate),
+        meta_optimizer=TorchAdam(config.meta_learning_rate),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
 
