@@ -35,7 +35,13 @@ import numpy as np
 
 from keras_l2t.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from keras_l2t.features import feature_map_layers
-from keras_l2t.networks import NETWORKS, build_network, default_taps, load_weights_file
+from keras_l2t.networks import (
+    NETWORKS,
+    build_network,
+    default_taps,
+    load_network,
+    load_weights_file,
+)
 
 # The command-line flag that takes a local weights file (train.py).
 WEIGHTS_FLAG = "--source_weights"
@@ -150,10 +156,7 @@ def load_source(
     elif source.endswith(".keras"):
         if weights is not None:
             raise ValueError(f"Source '{source}' is a full .keras model; do not pass weights.")
-        if not os.path.exists(source):
-            raise FileNotFoundError(f"No such source model file: '{source}'.")
-        model = keras.saving.load_model(source, compile=False)
-        feature_map_layers(model)  # Raises a clear ValueError for a subclassed model.
+        model = load_network(source, exact_batch_norm=False)
     else:
         raise ValueError(
             f"Unknown source '{source}'. Use an ImageNet source "
@@ -334,7 +337,10 @@ def _load_builder_source(
             "keras_l2t.source_pretraining.pretrain_source."
         )
     if num_classes is None:
-        raise ValueError(f"Source '{source}' needs num_classes (the classes of its head).")
+        raise ValueError(
+            f"Source '{source}' needs num_classes, the classes of its head (train.py: "
+            "--source_num_classes=N)."
+        )
     return build_network(
         source, num_classes, input_shape, weights=_existing(weights), exact_batch_norm=False
     )

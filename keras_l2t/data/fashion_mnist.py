@@ -83,8 +83,9 @@ def find_fashion_mnist_dir(data_dir: str | None = None) -> str:
         f"Fashion-MNIST idx files not found in {' or '.join(candidates)} (looked for "
         f"{', '.join(s for pair in FILES.values() for s in pair)}, optionally .gz). Get them "
         "with `apt-get install dataset-fashion-mnist` (installs them in "
-        f"{DEBIAN_DIR}), or pass the folder that holds them as data_dir, or pass "
-        "download=True to fetch them with keras.datasets.fashion_mnist (needs internet)."
+        f"{DEBIAN_DIR}), or pass the folder that holds them as data_dir (train.py: "
+        "--data_dir), or pass download=True (train.py: --download) to fetch them with "
+        "keras.datasets.fashion_mnist (needs internet)."
     )
 
 

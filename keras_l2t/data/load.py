@@ -75,6 +75,12 @@ def make_source(
             f"{spec.description}: pass data_dir, the folder laid out as "
             "data_dir/train/<class>/*.jpg and data_dir/test/<class>/*.jpg (docs/data.md)."
         )
+    if not os.path.isdir(data_dir) and spec.name != "image_folder":
+        raise FileNotFoundError(
+            f"{spec.description}: {data_dir} does not exist (or is not a folder). Download "
+            f"{spec.name} and lay it out as docs/data.md shows, then pass its folder as "
+            "data_dir (train.py: --data_dir)."
+        )
     test_dir = "val" if spec.tiny_imagenet_val else "test"
     return ImageFolderSource(
         data_dir,

@@ -49,7 +49,8 @@ def prepare_instructions(name: str, data_dir: str | None, looked_in: str | None 
         f"  2. Manual download: put the archives {name}'s TFDS builder downloads, under "
         "their original file names, in a folder M and run "
         f"`tfds build {name} --data_dir=DIR --manual_dir=M`.\n"
-        "  3. Pass download=True to download and prepare it from here (needs internet)."
+        "  3. Pass download=True (train.py: --download) to download and prepare it from "
+        "here (needs internet)."
     )
 
 
@@ -132,7 +133,7 @@ class TfdsSource(Source):
                 _probe(host)
             except OSError as e:
                 raise DatasetNotPreparedError(
-                    f"download=True, but {e}.\n"
+                    f"Downloading needs internet, but {e}.\n"
                     + prepare_instructions(self.name, self.data_dir, str(self._builder.data_dir))
                 ) from e
         self._builder.download_and_prepare()

@@ -82,7 +82,8 @@ class ExperimentConfig:
                          "(keras_l2t.methods.METHODS).")
     beta: float = _field(0.5, "Weight of the feature-matching loss.")
     lookahead_steps: int = _field(2, "T, lookahead steps on the matching loss.")
-    pair_weight_activation: str = _field("relu6", "Output of the 'where' network.")
+    pair_weight_activation: str = _field("relu6", "Output of the 'where' network: relu6, relu, "
+                                         "relu_avg or constant.")
     attention_beta: float = _field(1000.0, "Weight of the attention-transfer loss (at, "
                                    "lwf_at).")
     distillation_temperature: float = _field(2.0, "LwF softening temperature (lwf, lwf_at).")
@@ -147,6 +148,24 @@ class ExperimentConfig:
             raise ExperimentError(f"--val_fraction must be in [0, 1), got {self.val_fraction}.")
         if self.learning_rate <= 0 or self.meta_learning_rate < 0:
             raise ExperimentError("--learning_rate must be > 0 and --meta_learning_rate >= 0.")
+        for name in ("seed", "split_seed"):
+            if not 0 <= getattr(self, name) < 2**32:
+                raise ExperimentError(
+                    f"--{name} must be in [0, 2**32), got {getattr(self, name)}."
+                )
+        for name in ("beta", "weight_decay", "meta_weight_decay", "attention_beta",
+                     "distillation_weight"):
+            if getattr(self, name) < 0:
+                raise ExperimentError(f"--{name} must be >= 0, got {getattr(self, name)}.")
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ExperimentError(f"--momentum must be in [0, 1], got {self.momentum}.")
+        if self.distillation_temperature <= 0:
+            raise ExperimentError(
+                f"--distillation_temperature must be > 0, got {self.distillation_temperature}."
+            )
+        from keras_l2t.layers.pair_weight import PAIR_WEIGHT_ACTIVATIONS
+
+        _one_of("pair_weight_activation", self.pair_weight_activation, PAIR_WEIGHT_ACTIVATIONS)
         parse_range("train_indices", self.train_indices)
         parse_range("source_pretrain_indices", self.source_pretrain_indices)
         self.pair_list()

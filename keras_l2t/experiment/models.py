@@ -25,18 +25,43 @@ def build_network(name: str, num_classes: int, image_size: int,
     """A network by name (`keras_l2t.networks`, a small CNN) or from a `.keras` file.
 
     Raises:
-        ExperimentError: for an unknown name or a missing file.
+        ExperimentError: for an unknown name, a missing or unreadable file, a file model
+            for another image size, or an image size the network cannot take.
     """
     shape = (image_size, image_size, 3)
     if name.endswith(".keras"):
         if not os.path.exists(name):
             raise ExperimentError(f"Network file '{name}' does not exist; check the path.")
-        return networks.load_network(name, exact_batch_norm=exact_batch_norm)
-    if small_networks.is_small_cnn(name):
-        return small_networks.small_cnn(name, num_classes, shape, exact_batch_norm)
-    if name not in networks.NETWORKS:
+        try:
+            model = networks.load_network(name, exact_batch_norm=exact_batch_norm)
+        except (OSError, ValueError, TypeError) as error:
+            raise ExperimentError(f"Cannot load '{name}': {error}") from None
+        check_image_size(model, image_size, name)
+        return model
+    if not (small_networks.is_small_cnn(name) or name in networks.NETWORKS):
         raise ExperimentError(f"Unknown network '{name}'; use one of {NETWORK_HELP}.")
-    return networks.build_network(name, num_classes, shape, exact_batch_norm=exact_batch_norm)
+    try:
+        if small_networks.is_small_cnn(name):
+            return small_networks.small_cnn(name, num_classes, shape, exact_batch_norm)
+        return networks.build_network(name, num_classes, shape,
+                                      exact_batch_norm=exact_batch_norm)
+    except ValueError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = next((line for line in lines if "size" in line.lower()), lines[0])
+        raise ExperimentError(
+            f"Network '{name}' cannot take {image_size}-px images ({reason}); use a larger "
+            "--image_size."
+        ) from None
+
+
+def check_image_size(model: keras.Model, image_size: int, name: str) -> None:
+    """Raises ExperimentError when a file's model takes another fixed image size."""
+    height, width = tuple(model.input_shape)[1:3]
+    if (height, width) != (None, None) and (height, width) != (image_size, image_size):
+        raise ExperimentError(
+            f"'{name}' takes {height}x{width} images, not --image_size={image_size}; pass "
+            f"--image_size={height} or a network built for {image_size}-px images."
+        )
 
 
 def default_layers(name: str, model: keras.Model) -> list[str]:
@@ -85,7 +110,10 @@ def build_source(config: ExperimentConfig, num_classes: int, image_size: int) ->
                 "--source_pretrain_epochs=N."
             )
         model = build_network(name, source_classes, image_size, exact_batch_norm=False)
-        networks.load_weights_file(model, _existing(config.source_weights))
+        try:
+            networks.load_weights_file(model, _existing(config.source_weights))
+        except ValueError as error:
+            raise ExperimentError(f"--source_weights: {error}") from None
     else:
         if name.endswith(".keras") and not os.path.exists(name):
             raise ExperimentError(
@@ -107,6 +135,8 @@ def build_source(config: ExperimentConfig, num_classes: int, image_size: int) ->
             )
         except (FileNotFoundError, ValueError) as error:
             raise ExperimentError(str(error)) from None
+        if name.endswith(".keras"):
+            check_image_size(model, image_size, name)
     model.trainable = False
     return model
 

@@ -34,13 +34,21 @@ def _log(message: str) -> None:
 
 def _check_existing(config: ExperimentConfig) -> dict | None:
     """Returns the results of a finished identical run; raises for a different one."""
-    saved = work_dir.read_json(work_dir.path(config.work_dir, work_dir.CONFIG))
-    if saved is None or config.overwrite:
+    if config.overwrite:
+        work_dir.check_clearable(config.work_dir)
         return None
+    if not work_dir.holds_experiment(config.work_dir):
+        if os.path.exists(work_dir.path(config.work_dir, work_dir.CONFIG)):
+            raise ExperimentError(
+                f"--work_dir={config.work_dir} has a {work_dir.CONFIG} that train.py did "
+                "not write; use a new --work_dir."
+            )
+        return None
+    saved = work_dir.read_json(work_dir.path(config.work_dir, work_dir.CONFIG))
     try:
         differences = config.differences(ExperimentConfig.from_dict(saved))
     except (ExperimentError, TypeError):
-        differences = ["(unreadable config.json)"]
+        differences = ["(config.json of another keras_l2t version)"]
     if differences:
         raise ExperimentError(
             f"--work_dir={config.work_dir} holds a different experiment (it differs in: "
@@ -82,8 +90,6 @@ def run_experiment(config: ExperimentConfig, strategy: Strategy | None = None) -
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
     if config.mode == "pretrain_source":
-        if config.overwrite:
-            work_dir.clear(config.work_dir)
         results = source_stage.run_pretraining(config, strategy)
         work_dir.write_json_atomic(work_dir.path(config.work_dir, work_dir.RESULTS), results)
         _log(f"Source pretraining done: test accuracy {results['test_accuracy']}.")

@@ -73,6 +73,9 @@ def run_pretraining(config: ExperimentConfig, strategy: Strategy) -> dict:
     with strategy.scope():
         network = models.build_network(config.target, splits.num_classes, splits.image_size,
                                        exact_batch_norm=False)
+    # --- Every check passed: from here on the work directory is written. ---
+    if config.overwrite:
+        work_dir.clear(config.work_dir)
     os.makedirs(config.work_dir, exist_ok=True)
     work_dir.write_json_atomic(work_dir.path(config.work_dir, work_dir.CONFIG), config.to_dict())
     with strategy.scope():  # fit's data and optimizer variables follow the strategy

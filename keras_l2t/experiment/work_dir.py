@@ -28,6 +28,8 @@ CHECKPOINTS = "checkpoints"
 SOURCE = "source"
 TARGET = "target.keras"
 EXPORT = "export"
+# Keys every experiment's config.json has: how `clear` recognises one.
+EXPERIMENT_KEYS = frozenset({"mode", "dataset", "target", "method", "work_dir", "seed"})
 
 
 def path(work_dir: str, name: str) -> str:
@@ -67,7 +69,14 @@ def write_json_atomic(filename: str, value) -> None:
     with os.fdopen(handle, "w") as f:
         json.dump(value, f, indent=2, sort_keys=True)
         f.write("\n")
+    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would hide it from others
     os.replace(temporary, filename)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_json(filename: str):
@@ -78,19 +87,30 @@ def read_json(filename: str):
         return json.load(f)
 
 
-def clear(work_dir: str) -> None:
-    """Deletes an earlier experiment (only a directory holding a config.json).
+def holds_experiment(work_dir: str) -> bool:
+    """Whether `work_dir` has a config.json written by an experiment of this project."""
+    try:
+        saved = read_json(path(work_dir, CONFIG))
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and saved.keys() >= EXPERIMENT_KEYS
+
+
+def check_clearable(work_dir: str) -> None:
+    """Checks that `clear` may delete `work_dir`: absent, empty, or an experiment's.
 
     Raises:
-        ExperimentError: when `work_dir` holds files but no experiment.
+        ExperimentError: when `work_dir` holds files but no experiment of this project.
     """
-    if not os.path.exists(work_dir):
-        return
-    if not os.path.exists(path(work_dir, CONFIG)):
-        if os.listdir(work_dir):
-            raise ExperimentError(
-                f"--overwrite: '{work_dir}' is not an experiment directory (no {CONFIG}); "
-                "refusing to delete it. Choose another --work_dir."
-            )
-        return
-    shutil.rmtree(work_dir)
+    if os.path.isdir(work_dir) and os.listdir(work_dir) and not holds_experiment(work_dir):
+        raise ExperimentError(
+            f"--overwrite: '{work_dir}' does not hold an experiment of train.py (no "
+            f"{CONFIG} written by it); refusing to delete it. Choose another --work_dir."
+        )
+
+
+def clear(work_dir: str) -> None:
+    """Deletes an earlier experiment (see `check_clearable`, which it runs first)."""
+    check_clearable(work_dir)
+    if holds_experiment(work_dir):
+        shutil.rmtree(work_dir)

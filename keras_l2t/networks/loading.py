@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 
 import keras
 
@@ -27,8 +28,8 @@ def load_network(path: str | os.PathLike, exact_batch_norm: bool = True) -> kera
 
     Raises:
         FileNotFoundError: if `path` does not exist.
-        ValueError: for another file type, or a subclassed model (no layer graph to
-            tap: rebuild it with the functional API).
+        ValueError: for another file type, a file that is not a Keras archive, or a
+            subclassed model (no layer graph to tap: rebuild it with the functional API).
 
     Example:
         >>> target = load_network("my_target.keras")  # doctest: +SKIP
@@ -41,6 +42,11 @@ def load_network(path: str | os.PathLike, exact_batch_norm: bool = True) -> kera
             f"'{path}' is not a .keras file. Load a full model from a .keras file; "
             "load a .weights.h5 file into its architecture with "
             "build_network(name, num_classes, weights=path)."
+        )
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of a bad file
+        raise ValueError(
+            f"'{path}' is not a Keras model file (a .keras file is a zip archive); write "
+            "one with model.save('name.keras')."
         )
     model = keras.saving.load_model(path, compile=False)
     feature_map_layers(model)  # Raises a clear ValueError for a subclassed model.
@@ -59,17 +65,17 @@ def load_weights_file(model: keras.Model, path: str | os.PathLike) -> keras.Mode
 
     Raises:
         FileNotFoundError: if `path` does not exist.
-        ValueError: if the file does not fit the architecture (Keras' message, with
-            the file and the model named).
+        ValueError: if the file is unreadable or does not fit the architecture (Keras'
+            message, with the file and the model named).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No such weights file: '{path}'.")
     try:
         model.load_weights(path)
-    except ValueError as error:
+    except (ValueError, OSError, zipfile.BadZipFile) as error:
         raise ValueError(
-            f"Weights file '{path}' does not fit model '{model.name}' (check the "
-            f"architecture and num_classes): {error}"
+            f"Weights file '{path}' cannot be loaded into model '{model.name}' (is it a "
+            f".weights.h5 or .keras file of this architecture and num_classes?): {error}"
         ) from error
     return model

@@ -94,6 +94,7 @@ def test_not_prepared_fails_fast_with_instructions(tmp_path, no_download):
         "--manual_dir",
         "--data_dir=DIR",
         "download=True",
+        "--download",
     ):
         assert part in message
     assert no_download == []

@@ -8,7 +8,7 @@ import keras
 import pytest
 from experiment_helpers import run_train, tiny_flags
 
-from keras_l2t.experiment import ExperimentConfig, ExperimentError, run_experiment
+from keras_l2t.experiment import ExperimentConfig, ExperimentError, run_experiment, work_dir
 
 
 def _config(work_dir, fashion_dir, source_file, **overrides) -> ExperimentConfig:
@@ -37,6 +37,18 @@ def _config(work_dir, fashion_dir, source_file, **overrides) -> ExperimentConfig
          else "run it with KERAS_BACKEND=tensorflow"),
         (dict(source="missing.keras"), "Source file 'missing.keras' does not exist"),
         (dict(train_indices="10:5"), "--train_indices must be START:STOP"),
+        (dict(dataset="mit_indoor67", data_dir="/no/such/folder"),
+         "/no/such/folder does not exist (or is not a folder). Download mit_indoor67 and lay "
+         "it out as docs/data.md shows"),
+        (dict(seed=-1), "--seed must be in [0, 2**32), got -1"),
+        (dict(split_seed=-1), "--split_seed must be in [0, 2**32), got -1"),
+        (dict(momentum=1.5), "--momentum must be in [0, 1], got 1.5"),
+        (dict(method="lwf", distillation_temperature=0.0),
+         "--distillation_temperature must be > 0"),
+        (dict(pair_weight_activation="bogus"),
+         "--pair_weight_activation='bogus' is not one of relu6, relu, relu_avg, constant"),
+        (dict(image_size=2, method="scratch"), "Network 'cnn_3_4' cannot take 2-px images"),
+        (dict(image_size=16), "takes 8x8 images, not --image_size=16; pass --image_size=8"),
     ],
 )
 def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, fashion_dir, source_file,
@@ -48,6 +60,59 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, fashion_dir, 
     assert message in str(error.value)
     assert "\n" not in str(error.value)
     assert not work_dir.exists()
+
+
+@pytest.mark.parametrize("role", ["target", "source", "source_weights"])
+def test_a_file_that_is_not_a_model_is_one_clear_error(tmp_path, fashion_dir, source_file, role):
+    garbage = tmp_path / "garbage.keras"
+    garbage.write_text("not a model")
+    overrides = {
+        "target": dict(target=str(garbage)),
+        "source": dict(source=str(garbage)),
+        "source_weights": dict(source="cnn_4_6", source_weights=str(garbage)),
+    }[role]
+    expected = {
+        "target": "is not a Keras model file",
+        "source": "is not a Keras model file",
+        "source_weights": "--source_weights: Weights file",
+    }[role]
+    with pytest.raises(ExperimentError, match=expected) as error:
+        run_experiment(_config(tmp_path / "run", fashion_dir, source_file, **overrides))
+    assert "File not found" not in str(error.value)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("mode", ["transfer", "pretrain_source"])
+def test_overwrite_deletes_only_an_experiment_and_only_after_the_checks(
+    tmp_path, fashion_dir, source_file, mode
+):
+    foreign = tmp_path / "project"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"name": "my-web-app"}')
+    (foreign / "main.py").write_text("print('keep me')")
+    for overwrite, message in ((False, "did not write"), (True, "refusing to delete")):
+        with pytest.raises(ExperimentError, match=message):
+            run_experiment(_config(foreign, fashion_dir, source_file, mode=mode,
+                                   overwrite=overwrite))
+    assert (foreign / "main.py").exists()
+
+    earlier = tmp_path / "earlier"
+    work_dir.write_json_atomic(str(earlier / "config.json"),
+                               _config(earlier, fashion_dir, source_file).to_dict())
+    (earlier / "source.keras").write_text("an earlier run's work")
+    with pytest.raises(ExperimentError, match="dataset-fashion-mnist"):  # no data there
+        run_experiment(_config(earlier, str(tmp_path / "no_data"), source_file, mode=mode,
+                               overwrite=True))
+    assert (earlier / "source.keras").exists()
+
+
+def test_work_dir_json_files_follow_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        work_dir.write_json_atomic(str(tmp_path / "results.json"), {"a": 1})
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644
 
 
 def test_unwritable_work_dir(tmp_path, fashion_dir, source_file):

@@ -78,7 +78,7 @@ def test_weights_file_into_builder(tmp_path):
     assert is_batch_norm_exact(loaded)
     for a, b in zip(original.weights, loaded.weights, strict=True):
         np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="does not fit model 'resnet32'"):
+    with pytest.raises(ValueError, match="cannot be loaded into model 'resnet32'"):
         build_network("resnet32", 7, input_shape=(8, 8, 3), weights=path)
 
 
