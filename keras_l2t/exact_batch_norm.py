@@ -70,8 +70,19 @@ def _portable_config(layer: keras.layers.BatchNormalization) -> dict:
 
 
 def is_batch_norm_exact(model: keras.layers.Layer) -> bool:
-    """Returns True when every BatchNormalization inside `model` uses exact moments
-    (always on JAX, whose BatchNormalization keeps every gradient)."""
+    """Whether every BatchNormalization inside `model` uses exact moments.
+
+    Args:
+        model: A Keras layer or model; nested models and layers are searched too.
+
+    Returns:
+        True when all are exact (always on JAX, whose BatchNormalization keeps every
+        gradient).
+
+    Example:
+        >>> is_batch_norm_exact(TransferModel(source, target).target)  # doctest: +SKIP
+        True
+    """
     if keras.backend.backend() != "tensorflow":
         return True
     return all(

@@ -15,7 +15,11 @@ def feature_map_layers(model: keras.Model) -> list[str]:
 
     Returns:
         Layer names in graph order, for layers whose single output has shape
-        (batch, height, width, channels).
+        (batch, height, width, channels); a nested model counts as one layer.
+
+    Example:
+        >>> feature_map_layers(keras_l2t.networks.build_network("vgg9", 10))[:2]
+        ['conv1', 'bn1']
     """
     check_functional(model)
     names = []
@@ -65,9 +69,20 @@ def feature_map_output(model: keras.Model, name: str) -> keras.KerasTensor:
     """Returns the symbolic 4-D output of layer `name`, or raises a clear error."""
     names = [layer.name for layer in model.layers]
     if name not in names:
+        nested = [
+            layer.name for layer in model.layers
+            if isinstance(layer, keras.Model) and name in [s.name for s in layer.layers]
+        ]
+        hint = (
+            f" '{name}' is inside the nested model '{nested[0]}', whose inner layers "
+            f"cannot be tapped from '{model.name}': build the network flat (e.g. "
+            "keras.applications.ResNet50(include_top=False, input_tensor=inputs), then "
+            "your head on its .output)."
+            if nested else ""
+        )
         raise ValueError(
             f"Model '{model.name}' has no layer named '{name}'. Layers with 4-D "
-            f"feature maps: {feature_map_layers(model)}"
+            f"feature maps: {feature_map_layers(model)}.{hint}"
         )
     layer = model.get_layer(name)
     output = _single_output(layer)
@@ -82,6 +97,13 @@ def feature_map_output(model: keras.Model, name: str) -> keras.KerasTensor:
 
 
 def _single_output(layer: keras.layers.Layer) -> keras.KerasTensor | None:
+    """The layer's output in its model's graph, if it has exactly one."""
+    if isinstance(layer, keras.Model):
+        # A nested model's `output` is its own inner tensor, not connected to the outer
+        # model's inputs; its one call in the outer graph is its inbound node.
+        nodes = getattr(layer, "_inbound_nodes", [])
+        tensors = nodes[0].output_tensors if len(nodes) == 1 else []
+        return tensors[0] if len(tensors) == 1 else None
     try:
         output = layer.output
     except (AttributeError, ValueError):

@@ -7,6 +7,7 @@ global batch size, so the same code is right on one device and under
 
 from __future__ import annotations
 
+import keras
 from keras import ops
 
 
@@ -68,19 +69,21 @@ def weighted_feature_matching(
 
 
 def cross_entropy(labels, outputs, from_logits: bool = True):
-    """Per-example cross-entropy for integer labels (batch,) or one-hot labels (batch, K).
+    """Per-example cross-entropy for integer labels, (batch,) or (batch, 1), or one-hot
+    labels (batch, K).
 
     Args:
-        labels: Integer class ids, or one-hot / soft labels with the outputs' shape.
+        labels: Integer class ids, or one-hot / soft float labels with the outputs' shape.
         outputs: (batch, K) logits, or probabilities when `from_logits=False`.
         from_logits: Whether `outputs` are logits.
 
     Returns:
         (batch,) cross-entropy per example.
     """
-    if len(labels.shape) == len(outputs.shape):
+    integer = "int" in keras.backend.standardize_dtype(labels.dtype)
+    if len(labels.shape) == len(outputs.shape) and not integer and labels.shape[-1] != 1:
         return ops.categorical_crossentropy(labels, outputs, from_logits=from_logits)
-    labels = ops.reshape(labels, (-1,))
+    labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
     return ops.sparse_categorical_crossentropy(labels, outputs, from_logits=from_logits)
 
 

@@ -44,6 +44,7 @@ class Method:
         return self.matches_features or self.matches_attention
 
 
+# The methods of the paper's table by name; `Method.description` says what each does.
 METHODS = {
     method.name: method
     for method in (
@@ -98,7 +99,22 @@ METHODS = {
 
 
 def get_method(name: str) -> Method:
-    """Returns the registered method `name`, or raises a ValueError listing the valid ones."""
+    """Returns the registered method `name`.
+
+    Args:
+        name: A key of `METHODS`: "l2t_ww", "l2t_w", "fm", "at", "lwf", "lwf_at" or
+            "scratch".
+
+    Returns:
+        The `Method` (what it learns and which losses it uses).
+
+    Raises:
+        ValueError: for an unknown name, listing the valid ones.
+
+    Example:
+        >>> get_method("l2t_ww").meta_learned
+        True
+    """
     if name not in METHODS:
         raise ValueError(f"Unknown method '{name}'. Choose one of {sorted(METHODS)}.")
     return METHODS[name]

@@ -48,12 +48,15 @@ class StudentOutputs(NamedTuple):
         maps: Per pair, the target's feature map.
         adapted: Per pair, the target map after its 1x1 adapter (feature matching only).
         distillation_logits: The extra LwF head's outputs, else None.
+        regularization: The target's own losses (weight regularizers, `add_loss`) of
+            this forward, summed; None when it has none.
     """
 
     logits: object
     maps: list
     adapted: list
     distillation_logits: object = None
+    regularization: object = None
 
 
 @keras.saving.register_keras_serializable(package="keras_l2t")
@@ -185,6 +188,14 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         object.__setattr__(self, "_target_taps", target_taps)
         self._target_shapes = [tuple(t.shape) for t in target_outputs[1 + distills:]]
         self._source_shapes = [tuple(t.shape) for t in source_outputs[: len(source_names)]]
+        for name, shape in zip(target_names, self._target_shapes):
+            if None in shape[1:3]:  # source maps are resized to it when the graph is built
+                raise ValueError(
+                    f"Target layer '{name}' has feature maps of unknown size "
+                    f"{shape[1]}x{shape[2]}: the source's maps are resized to the target's, "
+                    "which needs a fixed image size. Build the target on "
+                    "keras.Input((height, width, channels))."
+                )
 
     def _build_pair_modules(self):
         self.adapters, self.channel_weight_networks, self.pair_weight_networks = [], [], []
@@ -258,9 +269,9 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
 
         Args:
             optimizer: Optimizer of theta (target and adapters). Default: the reference's
-                `CoupledSGD(0.1, momentum=0.9, weight_decay=1e-4)`. Must be
-                `keras_l2t.optimizers.CoupledSGD` or `keras.optimizers.SGD`, whose
-                update the lookahead replays exactly.
+                `CoupledSGD(0.1, momentum=0.9, weight_decay=1e-4)`. For the meta-learned
+                methods it must be `keras_l2t.optimizers.CoupledSGD` or
+                `keras.optimizers.SGD`, whose update the lookahead replays exactly.
             meta_optimizer: Optimizer of phi (meta-networks). Default: the reference's
                 `TorchAdam(1e-4)` (`torch.optim.Adam`'s epsilon, see `TorchAdam`).
             metrics: Metrics on (labels, target outputs), e.g. ["accuracy"].
@@ -362,13 +373,18 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         modules = self.adapters + ([self.distillation_head] if self.distillation_head else [])
         if theta is None:
             outputs = self._target_taps(x, training=True)
+            target_losses = self._target_taps.losses
             weights = [None] * len(modules)
         else:
             count = len(self._target_taps.trainable_variables)
-            outputs, _ = self._target_taps.stateless_call(
-                theta[:count], non_trainable, x, training=True
+            outputs, _, target_losses = self._target_taps.stateless_call(
+                theta[:count], non_trainable, x, training=True, return_losses=True
             )
             weights = [theta[count + 2 * i: count + 2 * i + 2] for i in range(len(modules))]
+        regularization = (
+            sum(ops.cast(loss, self.loss_dtype) for loss in target_losses)
+            if target_losses else None
+        )
 
         def apply(module, module_weights, inputs):
             if module_weights is None:
@@ -384,7 +400,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         adapted = (
             [apply(a, w, m) for a, w, m in zip(self.adapters, weights, maps)] if adapters else []
         )
-        return StudentOutputs(logits, maps, adapted, distillation_logits)
+        return StudentOutputs(logits, maps, adapted, distillation_logits, regularization)
 
     def cross_entropy(self, y, logits):
         """Per-example cross-entropy of the target's outputs."""
@@ -393,9 +409,12 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
     def loss_terms(self, y, student: StudentOutputs, source: SourceOutputs,
                    channel_weights: list, pair_weights: list) -> dict:
         """Per-example loss terms of the method: "ce", and "matching" (L_wfm summed over
-        pairs), "attention" and "distillation" where the method uses them."""
+        pairs), "attention" and "distillation" where the method uses them, and
+        "regularization" where the target has its own losses (see `regularization`)."""
         ce = self.cross_entropy(y, student.logits)
         terms = {"ce": ce}
+        if student.regularization is not None:
+            terms["regularization"] = self.regularization(student, ce)
         if self.method.matches_features:
             terms["matching"] = sum(
                 (losses.weighted_feature_matching(s, t, w, lam, self.beta)
@@ -414,6 +433,18 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
                 source.logits, student.distillation_logits, self.distillation_temperature
             )
         return terms
+
+    @staticmethod
+    def regularization(student: StudentOutputs, per_example):
+        """The target's own losses as a per-example term (the same value for each).
+
+        Keras adds a model's regularization losses to its objective; here they join the
+        real step and every lookahead step, like the optimizer's weight decay (the
+        reference's networks have none). Spread over the examples, their sum over a
+        global batch divided by its size is the regularization once, on any number of
+        replicas.
+        """
+        return ops.zeros_like(per_example) + student.regularization
 
     def real_step_loss(self, x, y, source: SourceOutputs, channel_weights: list,
                        pair_weights: list, batch):
@@ -434,13 +465,16 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         `weights` is (channel weights, pair weights) from phi, computed once per meta step.
         """
         student = self.student_forward(x, params, non_trainable)
-        matching = self.loss_terms(y, student, source, *weights)["matching"]
-        return ops.sum(matching) / batch
+        terms = self.loss_terms(y, student, source, *weights)
+        return ops.sum(terms["matching"] + terms.get("regularization", 0.0)) / batch
 
     def classification_objective(self, params, x, y, non_trainable, batch):
         """L_org(theta) at `params`: the lookahead's last step and the meta objective."""
         student = self.student_forward(x, params, non_trainable, adapters=False)
-        return ops.sum(self.cross_entropy(y, student.logits)) / batch
+        ce = self.cross_entropy(y, student.logits)
+        if student.regularization is not None:
+            ce = ce + self.regularization(student, ce)
+        return ops.sum(ce) / batch
 
     def lookahead_objectives(self, x, y, source: SourceOutputs, weights: tuple,
                              non_trainable, batch) -> list:
@@ -508,12 +542,25 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         x, y = unpack(data)
         outputs = self(x, training=False)
         self._loss_tracker.update_state(self.cross_entropy(y, outputs))
-        self._compile_metrics.update_state(y, outputs)
-        return {"loss": self._loss_tracker.result(), **self._compile_metrics.result()}
+        logs = {"loss": self._loss_tracker.result()}
+        if self._compile_metrics is not None:  # None when compiled without metrics
+            self._compile_metrics.update_state(y, outputs)
+            logs.update(self._compile_metrics.result())
+        return logs
 
     # --------------------------------------------------------- export and save
     def export(self, filepath, format="tf_saved_model", **kwargs):
-        """Exports the target network alone (the source and meta-networks stay behind)."""
+        """Exports the target network alone (the source and meta-networks stay behind).
+
+        Args:
+            filepath: Output directory.
+            format: "tf_saved_model" (needs TensorFlow installed, on any backend) or
+                another format of `keras.Model.export`.
+            **kwargs: Other `keras.Model.export` arguments.
+
+        Example:
+            >>> model.export("served")  # then tf.saved_model.load("served").serve(images)
+        """
         return self.target.export(filepath, format=format, **kwargs)
 
     def get_config(self):
@@ -561,7 +608,10 @@ def unpack(data):
     """(x, y) of a training batch; sample weights and missing labels are refused."""
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     if sample_weight is not None:
-        raise ValueError("TransferModel does not support sample weights.")
+        raise ValueError(
+            "TransferModel does not support sample weights or class_weight: its losses "
+            "are plain batch means, as in the reference. Resample the data instead."
+        )
     if y is None:
         raise ValueError("TransferModel.fit needs labels: give (images, labels) batches.")
     return x, y

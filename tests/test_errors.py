@@ -2,7 +2,7 @@
 
 import keras
 import pytest
-from toy_networks import conv_net, toy_transfer_model
+from toy_networks import conv_net, toy_batch, toy_transfer_model
 
 import keras_l2t
 
@@ -75,3 +75,33 @@ def test_bad_method_pairs_and_compile_arguments(networks):
         model.compile(loss="mse")
     with pytest.raises(ValueError, match="knows the rule of .*not RMSprop"):
         model.compile(optimizer="rmsprop")
+
+
+def test_target_maps_of_unknown_size_are_refused_by_name(networks):
+    source, _ = networks
+    inputs = keras.Input((None, None, 3))
+    maps = keras.layers.Conv2D(2, 3, padding="same", name="t_conv")(inputs)
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(maps))
+    target = keras.Model(inputs, outputs)
+    with pytest.raises(ValueError, match=r"'t_conv' has feature maps of unknown size "
+                                         r"NonexNone.*keras.Input\(\(height, width"):
+        keras_l2t.TransferModel(source, target, pairs=[("src_block0", "t_conv")])
+
+
+def test_a_nested_backbone_is_tapped_at_its_output_not_inside(networks):
+    source, _ = networks
+    backbone = conv_net("backbone", [2, 3], 3)
+    backbone = keras.Model(backbone.inputs, backbone.get_layer("backbone_block1").output,
+                           name="backbone")
+    inputs = keras.Input((8, 8, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
+    target = keras.Model(inputs, keras.layers.Dense(3)(pooled))
+    assert keras_l2t.feature_map_layers(target) == ["backbone"]
+    with pytest.raises(ValueError, match="inside the nested model 'backbone'.*input_tensor"):
+        keras_l2t.TransferModel(source, target, pairs=[("src_block1", "backbone_block0")])
+    model = keras_l2t.TransferModel(source, target, pairs=[("src_block1", "backbone")])
+    model.compile()
+    x, y = toy_batch(n=4)
+    before = [v.numpy().copy() for v in backbone.trainable_variables]
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert any((b != v.numpy()).any() for b, v in zip(before, backbone.trainable_variables))

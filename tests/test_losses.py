@@ -67,6 +67,8 @@ def test_cross_entropy_for_integer_and_one_hot_labels():
     log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     expected = -log_softmax[[0, 1], labels]
     sparse = keras.ops.convert_to_numpy(losses.cross_entropy(labels, logits))
+    column = losses.cross_entropy(labels[:, None], logits)  # keras.datasets' (N, 1) labels
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(column), expected, rtol=1e-6)
     one_hot = keras.ops.convert_to_numpy(losses.cross_entropy(np.eye(3)[labels], logits))
     np.testing.assert_allclose(sparse, expected, rtol=1e-6)
     np.testing.assert_allclose(one_hot, expected, rtol=1e-6)

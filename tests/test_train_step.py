@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 from backends import variable_gradients
-from toy_networks import toy_batch, toy_transfer_model
+from toy_networks import conv_net, toy_batch, toy_transfer_model
 
 import keras_l2t
 
@@ -117,3 +117,59 @@ def test_fm_equals_l2t_ww_with_frozen_meta_networks_and_unit_pair_weights():
     ww.train_on_batch(x, y)
     for a, b in zip(fm.theta_variables, ww.theta_variables):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def _regularized_target(seed: int, kernel_l2: float, activity_l2: float) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    return conv_net("tgt", [2, 3], 3, kernel_l2=kernel_l2, activity_l2=activity_l2)
+
+
+def test_the_targets_own_losses_join_the_step_as_in_keras_fit():
+    x, y = toy_batch(n=8, seed=4)
+    plain = _regularized_target(5, kernel_l2=0.5, activity_l2=0.05)
+    plain.compile(optimizer=keras_l2t.CoupledSGD(0.1, momentum=0.9, weight_decay=1e-4),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model = _compile(toy_transfer_model("scratch", target=_regularized_target(5, 0.5, 0.05)))
+    model.target.set_weights(plain.get_weights())
+    assert len(model.target.losses) == 2  # the kernels' L2 (the activity L2 needs a call)
+    keras_logs = plain.train_on_batch(x, y, return_dict=True)
+    logs = model.train_on_batch(x, y, return_dict=True)
+    np.testing.assert_allclose(logs["loss"], keras_logs["loss"], rtol=1e-5)
+    assert logs["loss"] > logs["ce"] + 0.1  # the regularization is in the loss
+    for ours, keras_weight in zip(model.target.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(ours, keras_weight, rtol=1e-4, atol=1e-6)
+
+
+def test_the_targets_own_losses_join_every_lookahead_objective_at_its_point():
+    x, y = toy_batch(n=8, seed=4)
+    free = toy_transfer_model(seed=3, target=_regularized_target(5, 0.0, 0.0))
+    regularized = toy_transfer_model(seed=3, target=_regularized_target(5, 0.3, 0.0))
+    regularized.set_weights(free.get_weights())
+    params = [0.5 * v.value for v in free.theta_variables]  # not the variables' values
+    kernels = [0.5 * v.numpy() for v in regularized.target.trainable_variables
+               if v.regularizer is not None]
+    expected = 0.3 * sum(float(np.sum(k**2)) for k in kernels)
+    objectives = []
+    for model in (free, regularized):
+        source = model.source_forward(x)
+        state = [v.value for v in model.target_non_trainable_variables]
+        objectives.append([
+            float(objective(params))
+            for objective in model.lookahead_objectives(x, y, source, model.pair_weights(source),
+                                                        state, 8.0)
+        ])
+    assert len(kernels) == 2 and len(objectives[0]) == 3  # T = 2 matching steps, then L_org
+    np.testing.assert_allclose(np.subtract(objectives[1], objectives[0]), expected, rtol=1e-4)
+
+
+def test_fit_and_evaluate_without_metrics_and_with_column_labels():
+    x, y = toy_batch(n=8, seed=4)
+    column = y[:, None]  # (N, 1), as keras.datasets.cifar100.load_data() gives them
+    model = toy_transfer_model(seed=3)
+    model.compile()
+    history = model.fit(x, column, batch_size=4, epochs=1, validation_data=(x, column),
+                        verbose=0)
+    assert np.isfinite(history.history["val_loss"][0])
+    assert set(model.evaluate(x, column, verbose=0, return_dict=True)) == {"loss"}
+    with pytest.raises(ValueError, match="class_weight"):
+        model.fit(x, y, class_weight={0: 1.0, 1: 2.0, 2: 1.0}, verbose=0)
