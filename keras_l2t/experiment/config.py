@@ -49,7 +49,7 @@ class ExperimentConfig:
     mode: str = _field("transfer", "transfer: train the target from the source; "
                        "pretrain_source: train --target alone as a future source.")
     # Data.
-    dataset: str = _field("", "Dataset name: stanford_dogs, cub200, mit_indoor67, "
+    dataset: str = _field("", "Required. Dataset name: stanford_dogs, cub200, mit_indoor67, "
                           "stanford40, cifar100, stl10, tiny_imagenet, fashion_mnist, "
                           "image_folder.")
     data_dir: str | None = _field(None, "TFDS data dir, image-folder root or idx folder.")
@@ -73,8 +73,8 @@ class ExperimentConfig:
                                                  "the source pretraining.")
     source_pretrain_batch_size: int = _field(128, "Batch size of the source pretraining.")
     # Target and transfer.
-    target: str = _field("", "Target network name (resnet18, vgg9, cnn_16_32_64, ...) or "
-                         "a .keras file.")
+    target: str = _field("", "Required. Target network name (resnet18, vgg9, "
+                         "cnn_16_32_64, ...) or a .keras file.")
     target_layers: list[str] | None = _field(None, "Target tap layers; default its stages.")
     pairs: str = _field("", "all, one_to_one, single, or SRC:TGT,SRC:TGT,... layer pairs; "
                         "empty: the method's default (l2t_ww: all).")
@@ -101,7 +101,8 @@ class ExperimentConfig:
     seed: int = _field(0, "Seed of initialisation, shuffling and augmentation.")
     deterministic: bool = _field(False, "Enable TensorFlow op determinism (slower).")
     # Run.
-    work_dir: str = _field("", "Output directory; rerunning the command resumes there.")
+    work_dir: str = _field("", "Required. Output directory; rerunning the command resumes "
+                           "there.")
     strategy: str = _field("default", "default, mirrored or multi_worker (TF_CONFIG).")
     cpu_devices: int = _field(0, "Split the CPU into N logical devices (for mirrored "
                               "without GPUs).")
