@@ -33,11 +33,11 @@ Methods: scratch, fm (single pair), at (one-to-one), l2t_w (one-to-one), l2t_ww
 3-stage VGG-style `cnn_32_64_128`, VGG-9 target -> 3-stage `cnn_16_32_64`; taps are the
 stage outputs (after ReLU, before the max-pool). Everything else is the paper's 32-px
 recipe (pad 4 + random crop 32 + flip, CoupledSGD lr 0.1 momentum 0.9 weight decay 1e-4
-with cosine decay to 0, Adam 1e-4 for the meta-networks, T = 2), except beta = 2.0 (as the
-demo, for short runs) and a fixed number of steps instead of 200 epochs. A seed fixes
-the target images, their batch order and augmentation, and the target's initial weights,
-identically for every method. Test accuracy is taken at the end of training (no
-validation set is held out). Results of every run are appended to
+with cosine decay to 0, Adam 1e-4 (TorchAdam) for the meta-networks, T = 2), except
+beta = 2.0 (as the demo, for short runs) and a fixed number of steps instead of 200
+epochs. A seed fixes the target images, their batch order and augmentation, and the
+target's initial weights, identically for every method. Test accuracy is taken at the
+end of training (no validation set is held out). Results of every run are appended to
 `<work_dir>/results.json`; a rerun skips the runs already there.
 """
 
@@ -56,7 +56,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_l2t import CoupledSGD, TransferModel
+from keras_l2t import CoupledSGD, TorchAdam, TransferModel
 from keras_l2t.data import load_dataset
 from keras_l2t.experiment.small_networks import small_cnn, small_cnn_taps
 from keras_l2t.source_pretraining import SOURCE_FILE_NAME, pretrain_source
@@ -80,6 +80,18 @@ METHOD_PAIRS: dict[str, str | None] = {
     "l2t_w": "one_to_one",
     "l2t_ww": "all",
 }
+META_METHODS = ("l2t_w", "l2t_ww")
+META_OPTIMIZERS = {"torch_adam": TorchAdam, "keras_adam": keras.optimizers.Adam}
+
+
+def meta_optimizer_of(method: str, name: str) -> str:
+    """The meta-optimizer a run of `method` uses ("-" for methods without meta-networks)."""
+    return name if method in META_METHODS else "-"
+
+
+def recorded_meta_optimizer(result: dict[str, Any]) -> str:
+    """A stored run's meta-optimizer; runs from before the flag used Keras' Adam."""
+    return result.get("meta_optimizer") or meta_optimizer_of(result["method"], "keras_adam")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -96,6 +108,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--beta", type=float, default=2.0)
     parser.add_argument("--learning_rate", type=float, default=0.1)
     parser.add_argument("--meta_learning_rate", type=float, default=1e-4)
+    parser.add_argument("--meta_optimizer", default="torch_adam",
+                        choices=sorted(META_OPTIMIZERS),
+                        help="torch_adam (the library's default, PyTorch's Adam) or "
+                             "keras_adam (keras.optimizers.Adam, the runs before it).")
     parser.add_argument("--source_epochs", type=int, default=2)
     parser.add_argument("--augmentation", default="pad_crop",
                         help="pad_crop (the paper's 32-px augmentation).")
@@ -239,7 +255,7 @@ def run_one(args: argparse.Namespace, setting: str, method: str, seed: int,
             keras.optimizers.schedules.CosineDecay(args.learning_rate, total_steps, alpha=0.0),
             momentum=0.9, weight_decay=1e-4,
         ),
-        meta_optimizer=keras.optimizers.Adam(meta_learning_rate),
+        meta_optimizer=META_OPTIMIZERS[args.meta_optimizer](meta_learning_rate),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
     phi_start = [v.numpy() for v in model.phi_variables]
@@ -257,6 +273,7 @@ def run_one(args: argparse.Namespace, setting: str, method: str, seed: int,
         "num_pairs": len(model.pairs), "meta_learning_rate": meta_learning_rate,
         "steps": total_steps, "batch_size": args.batch_size, "beta": args.beta,
         "augmentation": args.augmentation, "tag": args.tag,
+        "meta_optimizer": meta_optimizer_of(method, args.meta_optimizer),
         "num_train": data.num_train, "num_test": data.num_test,
         "target_init_sha1": init_sha, "test_accuracy": test_accuracy,
         "train_seconds": train_seconds,
@@ -303,9 +320,10 @@ def summarise(results: list[dict[str, Any]], tag: str | None = None) -> str:
         by_method: dict[str, dict[int, float]] = {}
         for r in rows:
             if r["setting"] == setting:
+                meta = r["method"] in META_METHODS
                 name = r["method"] + (f" (meta lr {r['meta_learning_rate']:g})"
-                                      if r["method"] in ("l2t_w", "l2t_ww")
-                                      and r["meta_learning_rate"] != 1e-4 else "")
+                                      if meta and r["meta_learning_rate"] != 1e-4 else "")
+                name += " (Keras Adam)" if recorded_meta_optimizer(r) == "keras_adam" else ""
                 by_method.setdefault(name, {})[r["seed"]] = 100 * r["test_accuracy"]
         scratch = by_method.get("scratch", {})
         order = list(METHOD_PAIRS)
@@ -343,7 +361,9 @@ def evidence(results: list[dict[str, Any]]) -> str:
         deficits = [d["log_c"] - d["entropy"] for d in detail if d["entropy"] is not None]
         lam = f"{min(lambdas):.3f}..{max(lambdas):.3f}" if lambdas else "1 (fixed)"
         lines.append(
-            f"| {r['setting']} | {r['method']} | {r['meta_learning_rate']:g} | {r['seed']} | "
+            f"| {r['setting']} | {r['method']} | {r['meta_learning_rate']:g}"
+            f"{' (Keras Adam)' if recorded_meta_optimizer(r) == 'keras_adam' else ''} | "
+            f"{r['seed']} | "
             f"{r['meta_ce_by_chunk'][0]:.3f} -> {r['meta_ce_by_chunk'][-1]:.3f} | "
             f"{r['ce_by_chunk'][0]:.3f} -> {r['ce_by_chunk'][-1]:.3f} | {lam} | "
             f"{max(deficits):.2e} | {max(r['phi_change'].values()):.3f} |"
@@ -361,7 +381,7 @@ def main(argv: list[str]) -> None:
         with open(results_path) as f:
             results = json.load(f)["runs"]
     done = {(r["setting"], r["method"], r["seed"], r["meta_learning_rate"], r["steps"],
-             r["augmentation"], r["beta"]) for r in results}
+             r["augmentation"], r["beta"], recorded_meta_optimizer(r)) for r in results}
     seeds = [int(s) for s in args.seeds.split(",")]
     settings = args.settings.split(",")
     methods = args.methods.split(",")
@@ -378,7 +398,7 @@ def main(argv: list[str]) -> None:
     for setting, method, seed, meta_lr in jobs:
         chunk = max(1, args.steps // args.chunks)
         key = (setting, method, seed, meta_lr, chunk * math.ceil(args.steps / chunk),
-               args.augmentation, args.beta)
+               args.augmentation, args.beta, meta_optimizer_of(method, args.meta_optimizer))
         if key in done:
             continue
         source_name = SETTINGS[setting][0]
