@@ -41,8 +41,14 @@ def check_image_file(path: str) -> None:
 
 def _images_under(directory: str, check_files: bool) -> list[str]:
     found = []
+    visited = set()  # real paths: a symlink back up the tree is read once, not forever
     for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        visited.add(os.path.realpath(dirpath))
+        dirnames[:] = sorted(
+            d for d in dirnames
+            if not d.startswith(".")
+            and os.path.realpath(os.path.join(dirpath, d)) not in visited
+        )
         for name in sorted(filenames):
             if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
@@ -151,6 +157,24 @@ def read_tiny_imagenet_val(
     return [p for p, _ in rows], np.asarray([c for _, c in rows], dtype=np.int64)
 
 
+SPLIT_NAMES = ("train", "training", "test", "testing", "val", "valid", "validation")
+
+
+def _refuse_split_like_classes(root: str, train_dir: str, test_dir: str) -> None:
+    """Raises when a folder without `train_dir` has sub-folders named like splits
+    (``Train/``, ``Test/``...), which would otherwise be read as classes."""
+    split_like = sorted(
+        d for d in os.listdir(root)
+        if d.lower() in SPLIT_NAMES and os.path.isdir(os.path.join(root, d))
+    )
+    if split_like:
+        raise ValueError(
+            f"Image folder {root} has no '{train_dir}/' folder but sub-folders named like "
+            f"splits: {split_like}. Rename them '{train_dir}/' and '{test_dir}/' (lower "
+            "case), or pass the folder that holds the class folders."
+        )
+
+
 class ImageFolderSource(Source):
     """A dataset of image files, one sub-folder per class (see the module docstring).
 
@@ -184,12 +208,17 @@ class ImageFolderSource(Source):
         self.root = root
         train_path = os.path.join(root, train_dir) if train_dir else root
         if train_dir and not os.path.isdir(train_path):
+            _refuse_split_like_classes(root, train_dir, test_dir)
             train_path = root  # a bare class-per-folder directory: train split only
         paths, labels, self.class_names = list_image_folder(train_path, check_files=check_files)
         self._splits = {"train": (paths, labels)}
         test_path = os.path.join(root, test_dir)
         if train_path != root and os.path.isdir(test_path):
-            if tiny_imagenet_val and os.path.exists(os.path.join(test_path, "val_annotations.txt")):
+            official_val = all(
+                os.path.exists(os.path.join(test_path, name))
+                for name in ("val_annotations.txt", "images")
+            )
+            if tiny_imagenet_val and official_val:
                 test = read_tiny_imagenet_val(test_path, self.class_names, check_files=check_files)
             else:
                 test = list_image_folder(test_path, self.class_names, check_files=check_files)[:2]

@@ -2,7 +2,8 @@
 
 Both datasets ship one image folder plus split lists; these helpers build the
 ``DST/train/<class>/`` and ``DST/test/<class>/`` layout that `load_dataset` reads, with
-symbolic links (no copy) by default. Run each once.
+symbolic links (no copy) by default. Rerunning one after moving the download, or with
+another `link`, replaces what an earlier run placed.
 
 Example:
     >>> from keras_l2t.data.layouts import arrange_mit_indoor67, arrange_stanford40
@@ -21,10 +22,15 @@ def _place(src: str, dst: str, link: bool) -> None:
     if not os.path.isfile(src):
         raise FileNotFoundError(f"The split list names {src}, which does not exist.")
     os.makedirs(os.path.dirname(dst), exist_ok=True)
+    target = os.path.abspath(src)
+    if link and os.path.islink(dst) and os.readlink(dst) == target:
+        return  # placed by an earlier run
+    if not link and os.path.isfile(dst) and not os.path.islink(dst):
+        return  # copied by an earlier run
     if os.path.lexists(dst):
-        return
+        os.remove(dst)  # an earlier run's link to a moved download, or the other kind
     if link:
-        os.symlink(os.path.abspath(src), dst)
+        os.symlink(target, dst)
     else:
         shutil.copy2(src, dst)
 

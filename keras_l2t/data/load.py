@@ -95,11 +95,16 @@ def _resolve_classes(
 ) -> list[int] | None:
     if classes is None:
         return None
+    if isinstance(classes, str):
+        raise ValueError(f"`classes` must be a list of class names or indices, got the "
+                         f"string {classes!r}; e.g. classes=[{classes!r}].")
     resolved = []
     for c in classes:
         if isinstance(c, str):
             if c not in class_names:
-                raise ValueError(f"Unknown class {c!r} in `classes`.")
+                raise ValueError(
+                    f"Unknown class {c!r} in `classes`; the classes are {list(class_names)}."
+                )
             resolved.append(list(class_names).index(c))
         else:
             resolved.append(int(c))
@@ -185,8 +190,16 @@ def load_dataset(
     keys, labels = source.index("train")
     positions = np.arange(len(keys))
     if train_indices is not None:
-        positions = np.asarray(list(train_indices), dtype=np.int64)
-        if positions.size and (positions.min() < 0 or positions.max() >= len(keys)):
+        given = np.asarray(list(train_indices))
+        if given.size == 0 or not np.issubdtype(given.dtype, np.integer):
+            raise ValueError(
+                "train_indices must be a non-empty sequence of integer positions, got "
+                f"{given.size} values of type {given.dtype}."
+            )
+        positions = given.astype(np.int64)
+        if len(np.unique(positions)) != len(positions):
+            raise ValueError("train_indices has repeated positions; give each at most once.")
+        if positions.min() < 0 or positions.max() >= len(keys):
             raise ValueError(
                 f"train_indices must lie in [0, {len(keys)}): the train split has "
                 f"{len(keys)} examples."

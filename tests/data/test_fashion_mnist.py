@@ -83,9 +83,21 @@ def test_pipeline_shapes_rgb_and_train_ranges(fashion_dir):
     assert sorted(((grey - 4) / 8).astype(int).tolist()) == list(range(18, 28))
 
 
-def test_train_indices_out_of_range(fashion_dir):
-    with pytest.raises(ValueError, match=r"train_indices must lie in \[0, 30\)"):
-        load_dataset("fashion_mnist", data_dir=fashion_dir(n_train=30), train_indices=[30])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (dict(train_indices=[30]), r"train_indices must lie in \[0, 30\)"),
+        (dict(train_indices=[0, 0, 1]), "train_indices has repeated positions"),
+        (dict(train_indices=[]), "non-empty sequence of integer positions, got 0 values"),
+        (dict(train_indices=[0.5, 1.7]), "integer positions, got 2 values of type float64"),
+        (dict(classes="Trouser"), r"list of class names or indices, got the string 'Trouser'"),
+        (dict(classes=["Jacket"]), r"Unknown class 'Jacket' in `classes`; the classes are "
+                                   r"\['T-shirt/top', 'Trouser'"),
+    ],
+)
+def test_bad_limited_data_arguments_say_what_is_wrong(fashion_dir, arguments, message):
+    with pytest.raises(ValueError, match=message):
+        load_dataset("fashion_mnist", data_dir=fashion_dir(n_train=30), **arguments)
 
 
 def test_keras_cache_dir_is_a_default():

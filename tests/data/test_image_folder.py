@@ -115,3 +115,31 @@ def test_test_split_with_unknown_class(image_folder):
 def test_image_folder_needs_data_dir():
     with pytest.raises(ValueError, match="pass data_dir"):
         load_dataset("mit_indoor67")
+
+
+def test_split_folders_with_other_names_are_not_read_as_classes(image_folder, tmp_path):
+    root, _ = image_folder()
+    os.rename(os.path.join(root, "train"), os.path.join(root, "Train"))
+    os.rename(os.path.join(root, "test"), os.path.join(root, "Test"))
+    with pytest.raises(ValueError, match=r"named like splits: \['Test', 'Train'\]. Rename"):
+        ImageFolderSource(root)
+
+
+def test_a_symlink_loop_counts_each_image_once(image_folder):
+    root, _ = image_folder({"train": {"a": 3, "b": 2}})
+    os.symlink(".", os.path.join(root, "train", "a", "again"))  # a -> a -> a ...
+    paths, labels, _ = list_image_folder(os.path.join(root, "train"))
+    assert np.bincount(labels).tolist() == [3, 2]
+    assert len({os.path.realpath(p) for p in paths}) == len(paths)
+
+
+def test_tiny_imagenet_val_rearranged_into_class_folders(tmp_path):
+    root = tmp_path / "tiny"
+    for wnid in ("n1", "n2"):
+        for k in range(2):
+            write_image(str(root / "train" / wnid / "images" / f"{k}.JPEG"), flat_image(k))
+        write_image(str(root / "val" / wnid / f"val_{wnid}.JPEG"), flat_image(5))
+    (root / "val" / "val_annotations.txt").write_text("val_n1.JPEG\tn1\t0\t0\t1\t1\n")  # kept
+    data = load_dataset("tiny_imagenet", data_dir=str(root), batch_size=4, val_fraction=0.0)
+    assert data.num_test == 2
+    assert sorted(np.concatenate([y.numpy() for _, y in data.test]).tolist()) == [0, 1]

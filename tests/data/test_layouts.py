@@ -29,6 +29,24 @@ def test_mit_indoor67(tmp_path, link):
     assert (data.num_train, data.num_val, data.num_test) == (9, 3, 3)
 
 
+def test_rerun_after_moving_the_download_relinks(tmp_path):
+    src = tmp_path / "indoorCVPR_09"
+    for c in ("a", "b"):
+        write_image(str(src / "Images" / c / "0.jpg"), flat_image(0))
+        write_image(str(src / "Images" / c / "1.jpg"), flat_image(1))
+    (src / "TrainImages.txt").write_text("a/0.jpg\nb/0.jpg\n")
+    (src / "TestImages.txt").write_text("a/1.jpg\nb/1.jpg\n")
+    dst = str(tmp_path / "mit")
+    arrange_mit_indoor67(str(src), dst)
+    moved = tmp_path / "moved"
+    os.rename(src, moved)
+    assert arrange_mit_indoor67(str(moved), dst) == {"train": 2, "test": 2}
+    link = os.path.join(dst, "train", "a", "0.jpg")
+    assert os.readlink(link) == str(moved / "Images" / "a" / "0.jpg") and os.path.exists(link)
+    arrange_mit_indoor67(str(moved), dst, link=False)  # copies replace the links
+    assert not os.path.islink(link) and os.path.isfile(link)
+
+
 def test_stanford40(tmp_path):
     src = tmp_path / "Stanford40"
     (src / "ImageSplits").mkdir(parents=True)
