@@ -12,13 +12,14 @@ the shuffle order come from tf.data ops seeded with the pipeline's seed, which
 TensorFlow combines with its global seed: a pipeline yields the same batches on every
 run when both are the same (call `keras.utils.set_random_seed` before building it).
 
-Departures from torchvision, which the reference uses: the crop box is sampled by
-`tf.image.stateless_sample_distorted_bounding_box` (uniform aspect ratio rather than
-log-uniform; after 10 failed tries it falls back to the whole image rather than a centre
-crop), and resizing is TensorFlow's bilinear with antialiasing rather than PIL's.
+The crop box is drawn as torchvision's `RandomResizedCrop` draws it (the reference's),
+from stateless draws. One departure: resizing is TensorFlow's bilinear with
+antialiasing rather than PIL's.
 """
 
 from __future__ import annotations
+
+import math
 
 import tensorflow as tf
 
@@ -63,19 +64,39 @@ def _resize(image: tf.Tensor, size: tf.Tensor, antialias: bool = True) -> tf.Ten
     return tf.image.resize(image, size, method="bilinear", antialias=antialias)
 
 
+CROP_SCALE = (0.08, 1.0)
+CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+CROP_TRIES = 10
+
+
 def _crop_window(shape: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Random-resized-crop box [y, x, h, w] for an image of shape [h, w, c]."""
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        image_size=shape,
-        bounding_boxes=tf.zeros([1, 0, 4], tf.float32),
-        seed=seed,
-        min_object_covered=0.0,
-        aspect_ratio_range=(3.0 / 4.0, 4.0 / 3.0),
-        area_range=(0.08, 1.0),
-        max_attempts=10,
-        use_image_if_no_bounding_boxes=True,
+    """Random-resized-crop box [y, x, h, w] (int32) for an image of shape [h, w, ...].
+
+    torchvision's `RandomResizedCrop.get_params`, with stateless draws: up to 10 tries of
+    an area uniform in 8-100 % of the image and a log-uniform aspect ratio in [3/4, 4/3],
+    sides rounded (half to even, as Python's round); the first box that fits is placed
+    uniformly; if none fits, the centre crop of the largest box within the ratio range.
+    """
+    height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    scale_seed, ratio_seed, offset_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 3)
     )
-    return tf.stack([begin[0], begin[1], size[0], size[1]])
+    area = height * width * tf.random.stateless_uniform([CROP_TRIES], scale_seed, *CROP_SCALE)
+    log_low, log_high = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
+    ratio = tf.exp(tf.random.stateless_uniform([CROP_TRIES], ratio_seed, log_low, log_high))
+    widths, heights = tf.round(tf.sqrt(area * ratio)), tf.round(tf.sqrt(area / ratio))
+    fits = (widths > 0) & (widths <= width) & (heights > 0) & (heights <= height)
+    first = tf.argmax(tf.cast(fits, tf.int32))  # the first try that fits
+    image_ratio = width / height
+    fallback_w = tf.where(image_ratio > CROP_RATIO[1], tf.round(height * CROP_RATIO[1]), width)
+    fallback_h = tf.where(image_ratio < CROP_RATIO[0], tf.round(width / CROP_RATIO[0]), height)
+    found = tf.reduce_any(fits)
+    h = tf.where(found, tf.gather(heights, first), fallback_h)
+    w = tf.where(found, tf.gather(widths, first), fallback_w)
+    offsets = tf.random.stateless_uniform([2], offset_seed)
+    y = tf.where(found, tf.floor(offsets[0] * (height - h + 1)), tf.floor((height - h) / 2))
+    x = tf.where(found, tf.floor(offsets[1] * (width - w + 1)), tf.floor((width - w) / 2))
+    return tf.cast(tf.stack([y, x, h, w]), tf.int32)
 
 
 def _decode_and_random_crop(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:

@@ -131,3 +131,42 @@ def test_horizontal_flip_happens_about_half_the_time(transform):
         columns = out[8:24, 8:24, 0].mean(axis=0)  # inside any zero padding
         flipped.append(columns[-1] < columns[0])
     assert 3 <= sum(flipped) <= 13
+
+
+def _torchvision_windows(height, width, rng, n):
+    """RandomResizedCrop.get_params (scale 0.08-1, ratio 3/4-4/3) written out in NumPy."""
+    windows = []
+    for _ in range(n):
+        for _ in range(10):
+            area = height * width * rng.uniform(0.08, 1.0)
+            ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+            w, h = round(np.sqrt(area * ratio)), round(np.sqrt(area / ratio))
+            if 0 < w <= width and 0 < h <= height:
+                windows.append((rng.integers(0, height - h + 1), rng.integers(0, width - w + 1),
+                                h, w))
+                break
+        else:
+            windows.append(None)
+    return windows
+
+
+@pytest.mark.parametrize("height, width", [(256, 256), (375, 500)])
+def test_crop_windows_are_distributed_as_torchvision_draws_them(height, width):
+    seeds = tf.random.experimental.stateless_split(tf.constant([3, 4], tf.int64), 4000)
+    draw = tf.function(lambda s: augment._crop_window(tf.constant([height, width, 3]), s))
+    windows = tf.function(lambda seeds: tf.map_fn(draw, seeds, fn_output_signature=tf.int32))(
+        seeds).numpy()
+    y, x, h, w = windows.T
+    assert (y >= 0).all() and (x >= 0).all() and (y + h <= height).all() and (x + w <= width).all()
+    reference = np.array(_torchvision_windows(height, width, np.random.default_rng(0), 4000))
+    ours_area, their_area = h * w / (height * width), reference[:, 2] * reference[:, 3] / (
+        height * width)
+    assert abs(ours_area.mean() - their_area.mean()) < 0.02  # about 5 standard errors
+    assert abs(np.median(ours_area) - np.median(their_area)) < 0.03
+    assert abs(np.mean(np.log(w / h)) - np.mean(np.log(reference[:, 3] / reference[:, 2]))) < 0.02
+
+
+def test_crop_window_falls_back_to_a_centre_crop_within_the_ratio_range():
+    # 10 x 1000: no box of 8 % or more of the area fits within ratios 3/4 to 4/3.
+    window = augment._crop_window(tf.constant([10, 1000, 3]), tf.constant([1, 2], tf.int64))
+    np.testing.assert_array_equal(window.numpy(), [0, (1000 - 13) // 2, 10, 13])
