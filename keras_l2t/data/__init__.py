@@ -8,7 +8,11 @@ Example:
 from keras_l2t.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from keras_l2t.data.catalog import DATASETS, DatasetSpec, get_spec
 from keras_l2t.data.fashion_mnist import load_fashion_mnist_arrays, read_idx
-from keras_l2t.data.image_folder import ImageFolderSource, list_image_folder
+from keras_l2t.data.image_folder import (
+    ImageFolderSource,
+    find_unreadable_images,
+    list_image_folder,
+)
 from keras_l2t.data.layouts import arrange_mit_indoor67, arrange_stanford40
 from keras_l2t.data.load import DataSplits, load_dataset, make_source
 from keras_l2t.data.pipeline import build_pipeline
@@ -30,6 +34,7 @@ __all__ = [
     "arrange_mit_indoor67",
     "arrange_stanford40",
     "build_pipeline",
+    "find_unreadable_images",
     "get_spec",
     "list_image_folder",
     "load_dataset",

@@ -119,6 +119,31 @@ def list_image_folder(
     return paths, np.asarray(labels, dtype=np.int64), class_names
 
 
+def find_unreadable_images(directory: str) -> list[str]:
+    """Decodes every image under `directory` and returns those that fail.
+
+    Listing checks only each file's first bytes; a file damaged further in (a truncated
+    JPEG) fails when training decodes it. This finds such files (slow: it decodes all).
+
+    Args:
+        directory: a dataset folder (any depth of sub-folders).
+
+    Returns:
+        The paths that TensorFlow cannot decode, sorted.
+
+    Example:
+        >>> find_unreadable_images("data/mit_indoor67")
+        []
+    """
+    bad = []
+    for path in _images_under(directory, check_files=False):
+        try:
+            tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError):
+            bad.append(path)
+    return bad
+
+
 def read_tiny_imagenet_val(
     val_dir: str, class_names: Sequence[str], *, check_files: bool = True
 ) -> tuple[list[str], np.ndarray]:

@@ -7,6 +7,7 @@ byte is written to the work directory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -70,14 +71,20 @@ def run_experiment(config: ExperimentConfig, strategy: Strategy | None = None) -
         The results (as in `<work_dir>/results.json`).
 
     Raises:
-        ExperimentError: for any problem the user can fix, before anything is written;
-            `loop.NonFiniteLoss` when training diverges.
+        ExperimentError: for any problem the user can fix, before anything is written
+            (but for an image that fails to decode mid-training: the last checkpoint
+            stays intact); `loop.NonFiniteLoss` when training diverges.
         keras_l2t.sources.SourceWeightsUnavailable: offline without source weights.
 
     Example:
         >>> results = run_experiment(ExperimentConfig(dataset="fashion_mnist", ...))
     """
     config.validate()
+    with _decode_errors_named(config):
+        return _run(config, strategy)
+
+
+def _run(config: ExperimentConfig, strategy: Strategy | None) -> dict:
     work_dir.check_writable(config.work_dir)
     strategy = strategy or make_strategy(config.strategy)
     finished = _check_existing(config)
@@ -95,6 +102,31 @@ def run_experiment(config: ExperimentConfig, strategy: Strategy | None = None) -
         _log(f"Source pretraining done: test accuracy {results['test_accuracy']}.")
         return results
     return _run_transfer(config, strategy)
+
+
+# Words of TensorFlow's image-decoding errors.
+_DECODE_ERROR_WORDS = ("JPEG", "PNG", "GIF", "BMP", "Uncompress", "image file format")
+
+
+@contextlib.contextmanager
+def _decode_errors_named(config: ExperimentConfig):
+    """Turns an image that fails to decode mid-training into an ExperimentError that
+    says how to find the file (listing checks only the first bytes of each file)."""
+    try:
+        yield
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
+        message = str(error.message if hasattr(error, "message") else error)
+        if not any(word in message for word in _DECODE_ERROR_WORDS):
+            raise
+        reason = message.strip().splitlines()[0][:200]
+        folder = config.data_dir or "DATA_DIR"
+        raise ExperimentError(
+            f"An image of --dataset={config.dataset} could not be decoded ({reason}). "
+            f"List the damaged files with: python -c \"from keras_l2t.data import "
+            f"find_unreadable_images; print(find_unreadable_images('{folder}'))\", remove "
+            "or replace them, and rerun the command: training resumes from the last "
+            "finished epoch."
+        ) from None
 
 
 def _run_transfer(config: ExperimentConfig, strategy: Strategy) -> dict:

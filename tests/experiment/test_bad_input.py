@@ -159,3 +159,28 @@ def test_flags_after_the_flagfile_override_it(tmp_path, fashion_dir, source_file
     process = run_train([f"--flagfile={flagfile}", "--method=nonsense"])
     assert process.returncode == 2
     assert "--method='nonsense'" in process.stderr
+
+
+def test_an_image_damaged_past_its_header_is_named_with_the_way_to_find_it(tmp_path):
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_l2t.data import find_unreadable_images
+
+    root = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (root / "train" / name).mkdir(parents=True)
+        for k in range(4):
+            image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            (root / "train" / name / f"{k}.jpg").write_bytes(tf.io.encode_jpeg(image).numpy())
+    damaged = root / "train" / "b" / "3.jpg"
+    damaged.write_bytes(damaged.read_bytes()[:200])  # a valid header, then nothing
+    assert find_unreadable_images(str(root)) == [str(damaged)]
+    config = ExperimentConfig(
+        dataset="image_folder", data_dir=str(root), image_size=8, val_fraction=0.0,
+        target="cnn_3_4", method="scratch", epochs=1, batch_size=8, progress="line",
+        work_dir=str(tmp_path / "run"),
+    )
+    with pytest.raises(ExperimentError, match="could not be decoded.*find_unreadable_images"):
+        run_experiment(config)
