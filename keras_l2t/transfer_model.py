@@ -371,15 +371,18 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             A `StudentOutputs`.
         """
         modules = self.adapters + ([self.distillation_head] if self.distillation_head else [])
-        if theta is None:
-            outputs = self._target_taps(x, training=True)
-            target_losses = self._target_taps.losses
+        taps = self._target_taps
+        count = len(taps.trainable_variables)
+        stateful = theta is None
+        if stateful:
+            theta = [v.value for v in taps.trainable_variables]
+            non_trainable = [v.value for v in taps.non_trainable_variables]
+        outputs, new_state, target_losses = self._target_taps_at(theta[:count], non_trainable, x)
+        if stateful:  # the real step keeps its batch-norm statistics
+            for variable, value in zip(taps.non_trainable_variables, new_state):
+                variable.assign(value)
             weights = [None] * len(modules)
         else:
-            count = len(self._target_taps.trainable_variables)
-            outputs, _, target_losses = self._target_taps.stateless_call(
-                theta[:count], non_trainable, x, training=True, return_losses=True
-            )
             weights = [theta[count + 2 * i: count + 2 * i + 2] for i in range(len(modules))]
         regularization = (
             sum(ops.cast(loss, self.loss_dtype) for loss in target_losses)
@@ -401,6 +404,29 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             [apply(a, w, m) for a, w, m in zip(self.adapters, weights, maps)] if adapters else []
         )
         return StudentOutputs(logits, maps, adapted, distillation_logits, regularization)
+
+    def _target_taps_at(self, trainable: list, non_trainable: list, x):
+        """The target's taps in training mode at the given variable values.
+
+        Returns:
+            (outputs, new non-trainable values, the target's own losses: those its layers
+            add in this call, then its weight regularizers at `trainable`).
+
+        Unlike `stateless_call(return_losses=True)`, the added losses are read from this
+        call's own scope, not filtered through the layers' shared loss ids, which the
+        replica threads of a MirroredStrategy clear under each other.
+        """
+        taps = self._target_taps
+        state = taps.non_trainable_variables
+        mapping = list(zip(taps.trainable_variables, trainable)) + list(zip(state, non_trainable))
+        with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+            outputs = taps(x, training=True)
+        regularizers = [
+            variable.regularizer(value)
+            for variable, value in zip(taps.trainable_variables, trainable)
+            if variable.regularizer is not None
+        ]
+        return outputs, [scope.get_current_value(v) for v in state], scope.losses + regularizers
 
     def cross_entropy(self, y, logits):
         """Per-example cross-entropy of the target's outputs."""

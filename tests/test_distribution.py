@@ -1,5 +1,5 @@
 """One fit step on 2 CPU devices equals the single-device step: MirroredStrategy on
-TensorFlow, keras.distribution.DataParallel on JAX."""
+TensorFlow, keras.distribution.DataParallel on JAX (with a regularized target)."""
 
 import contextlib
 
@@ -7,14 +7,16 @@ import keras
 import numpy as np
 import pytest
 from backends import BACKEND, tensorflow_only
-from toy_networks import toy_batch, toy_transfer_model
+from toy_networks import conv_net, toy_batch, toy_transfer_model
 
 import keras_l2t
 
 
 def _build(scope, weights=None):
     with scope():
-        model = toy_transfer_model(seed=4)
+        # Regularizers too: the losses each replica's layers add must stay its own.
+        target = conv_net("tgt", [2, 3], 3, kernel_l2=1e-2, activity_l2=1e-2)
+        model = toy_transfer_model(seed=4, target=target)
         if weights is not None:
             model.set_weights(weights)
         model.compile(
