@@ -9,6 +9,7 @@ import numpy as np
 from toy_networks import toy_batch, toy_transfer_model
 
 import keras_l2t
+from keras_l2t.data import augment
 
 
 def _trained_model():
@@ -65,3 +66,23 @@ def test_exported_target_serves_in_a_process_without_keras_l2t(tmp_path):
     expected = model.predict(x, verbose=0)
     np.testing.assert_allclose(np.load(tmp_path / "served.npy"), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.load(tmp_path / "keras.npy"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_export_of_a_softmax_headed_target_serves_its_probabilities(tmp_path):
+    import tensorflow as tf
+
+    from keras_l2t.experiment.export import export_target
+
+    inputs = keras.Input((8, 8, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    target = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(pooled))
+    export_target(target, str(tmp_path / "served"), 8)
+    images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    served = tf.saved_model.load(str(tmp_path / "served"))
+    out = served.serve(tf.constant(images))
+    pixels = keras.ops.convert_to_numpy(
+        keras.ops.stack([augment.eval_transform("pad_crop", 8)(tf.constant(i)) for i in images])
+    )
+    probabilities = target.predict(pixels, verbose=0)
+    np.testing.assert_allclose(out["probabilities"].numpy(), probabilities, rtol=1e-5)
+    np.testing.assert_allclose(out["logits"].numpy(), np.log(probabilities), rtol=1e-5)

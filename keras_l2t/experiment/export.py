@@ -1,9 +1,11 @@
 """Exports the trained target as a SavedModel that serves raw uint8 images of any size.
 
-The `serve` signature (also `serving_default`) takes `images`, uint8 [batch, height,
-width, 3], applies the evaluation transform of training (`keras_l2t.data.augment`:
-resize / centre crop to the training size, ImageNet mean/std) and returns the logits,
-the softmax probabilities and the predicted classes. The SavedModel needs neither
+The `serve` signature (also `serving_default`, what TF-Serving calls by default) takes
+`images`, uint8 [batch, height, width, 3], applies the evaluation transform of training
+(`keras_l2t.data.augment`: resize / centre crop to the training size, ImageNet
+mean/std) and returns the logits, the softmax probabilities and the predicted classes
+(for a target that ends in a softmax, its output are the probabilities and their log
+the logits). The SavedModel needs neither
 keras-l2t nor Keras to load: `tf.saved_model.load(path).serve(images)`.
 
 The preprocessing is TensorFlow's on every backend; the network is Keras' own export of
@@ -17,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from keras_l2t.data import augment
+from keras_l2t.network_checks import outputs_logits
 
 
 def export_target(target: keras.Model, path: str, image_size: int,
@@ -34,6 +37,7 @@ def export_target(target: keras.Model, path: str, image_size: int,
         >>> served = tf.saved_model.load("run/export")  # doctest: +SKIP
         >>> served.serve(tf.zeros([1, 300, 400, 3], tf.uint8))["classes"]  # doctest: +SKIP
     """
+    from_logits = outputs_logits(target)
     transform = augment.eval_transform(
         augmentation or augment.default_augmentation(image_size), image_size
     )
@@ -47,12 +51,17 @@ def export_target(target: keras.Model, path: str, image_size: int,
             transform, images,
             fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
         )
-        logits = tf.cast(network(pixels), tf.float32)
+        outputs = tf.cast(network(pixels), tf.float32)
+        if from_logits:
+            logits, probabilities = outputs, tf.nn.softmax(outputs, axis=-1)
+        else:
+            logits, probabilities = tf.math.log(tf.maximum(outputs, 1e-12)), outputs
         return {
             "logits": logits,
-            "probabilities": tf.nn.softmax(logits, axis=-1),
-            "classes": tf.argmax(logits, axis=-1, output_type=tf.int32),
+            "probabilities": probabilities,
+            "classes": tf.argmax(outputs, axis=-1, output_type=tf.int32),
         }
 
     archive.add_endpoint("serve", serve)
+    archive.add_endpoint("serving_default", serve)  # else Keras gives it to `logits`
     archive.write_out(path, verbose=False)

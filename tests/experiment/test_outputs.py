@@ -57,7 +57,10 @@ def test_export_serves_uint8_images_in_a_process_without_keras_l2t(finished_run,
         sys.modules["keras_l2t"] = None  # importing it would fail: prove it is not needed
         import numpy as np, tensorflow as tf
         served = tf.saved_model.load({results["export_dir"]!r})
-        out = served.serve(tf.constant(np.load({str(tmp_path / "raw.npy")!r})))
+        images = tf.constant(np.load({str(tmp_path / "raw.npy")!r}))
+        out = served.serve(images)
+        default = served.signatures["serving_default"](images=images)  # TF-Serving's
+        assert (default["classes"].numpy() == out["classes"].numpy()).all()
         np.save({str(tmp_path / "classes.npy")!r}, out["classes"].numpy())
         np.save({str(tmp_path / "logits.npy")!r}, out["logits"].numpy())
         """
