@@ -78,9 +78,12 @@ def run_pretraining(config: ExperimentConfig, strategy: Strategy) -> dict:
         work_dir.clear(config.work_dir)
     os.makedirs(config.work_dir, exist_ok=True)
     work_dir.write_json_atomic(work_dir.path(config.work_dir, work_dir.CONFIG), config.to_dict())
+    # Under several replicas, fit() would split each validation batch across them, and
+    # an uneven last batch fails; validation then runs once at the end, in this process.
+    per_epoch_val = splits.val if splits.num_val and strategy.num_replicas_in_sync == 1 else None
     with strategy.scope():  # fit's data and optimizer variables follow the strategy
         path = pretrain_source(
-            network, splits.train, splits.val if splits.num_val else None, config.epochs,
+            network, splits.train, per_epoch_val, config.epochs,
             config.work_dir, learning_rate=config.learning_rate, momentum=config.momentum,
             weight_decay=config.weight_decay, verbose=_verbose(config),
         )
