@@ -41,13 +41,11 @@ class _Values:
     def get(self, variables) -> list:
         return [self._pairs[id(v)][1] for v in variables]
 
-    def scope(self, variables=(), values=(), collect_losses=False) -> keras.StatelessScope:
-        """A scope where every variable reads its value, `variables` read `values`
-        (`collect_losses`: keep the `add_loss` losses of the calls inside)."""
+    def scope(self, variables=(), values=()) -> keras.StatelessScope:
+        """A scope where every variable reads its value, `variables` read `values`."""
         pairs = dict(self._pairs)
         pairs.update((id(k), (k, v)) for k, v in zip(variables, values, strict=True))
-        return keras.StatelessScope(state_mapping=list(pairs.values()),
-                                    collect_losses=collect_losses)
+        return keras.StatelessScope(state_mapping=list(pairs.values()))
 
 
 def train_step(model, state, data):
@@ -79,7 +77,7 @@ def train_step(model, state, data):
     state_variables = model.target_non_trainable_variables
 
     def real_loss(theta):
-        with values.scope(theta_variables, theta, collect_losses=True) as scope:
+        with values.scope(theta_variables, theta) as scope:
             loss, terms, logits = model.real_step_loss(x, y, source, *fixed, batch)
         new_state = [scope.get_current_value(v) for v in state_variables]
         return loss, (terms, logits, new_state)

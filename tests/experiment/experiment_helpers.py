@@ -47,8 +47,7 @@ def make_source_file(path: str) -> str:
     return path
 
 
-def tiny_flags(work_dir: str, data_dir: str, source: str, **overrides) -> list[str]:
-    """Flags of a seconds-long L2T-ww run: 8 px, two-stage CNNs, 4 pairs."""
+def _tiny_values(work_dir: str, data_dir: str, source: str, **overrides) -> dict:
     values = dict(
         dataset="fashion_mnist", data_dir=data_dir, image_size=8, val_fraction=0.2,
         source=source, target="cnn_3_4", method="l2t_ww", pairs="all", epochs=3,
@@ -56,7 +55,20 @@ def tiny_flags(work_dir: str, data_dir: str, source: str, **overrides) -> list[s
         work_dir=work_dir, progress="line",
     )
     values.update(overrides)
+    return values
+
+
+def tiny_flags(work_dir: str, data_dir: str, source: str, **overrides) -> list[str]:
+    """Flags of a seconds-long L2T-ww run: 8 px, two-stage CNNs, 4 pairs."""
+    values = _tiny_values(work_dir, data_dir, source, **overrides)
     return [f"--{k}={v}" for k, v in values.items() if v is not None]
+
+
+def tiny_config(work_dir: str, data_dir: str, source: str, **overrides):
+    """The `ExperimentConfig` of `tiny_flags` with the same arguments (in-process runs)."""
+    from keras_l2t.experiment import ExperimentConfig
+
+    return ExperimentConfig(**_tiny_values(work_dir, data_dir, source, **overrides))
 
 
 def run_train(flags: list[str], env: dict | None = None, timeout: int = 180,

@@ -7,7 +7,17 @@ import os
 import signal
 
 import numpy as np
-from experiment_helpers import checkpoint_state, checkpoint_values, run_train, tiny_flags
+import pytest
+from experiment_helpers import (
+    checkpoint_state,
+    checkpoint_values,
+    load_json,
+    run_train,
+    tiny_config,
+    tiny_flags,
+)
+
+from keras_l2t.experiment import ExperimentError, run_experiment
 
 
 def _epochs_in_log(work_dir: str) -> list[int]:
@@ -52,23 +62,25 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, finished_run, 
     assert int(expected["meta_optimizer/vars/0"]) == 3 * steps
 
 
-def test_finished_run_is_not_retrained(finished_run):
-    work_dir, flags, _ = finished_run
+# In-process: a rerun of a finished or different experiment stops before training.
+def test_finished_run_is_not_retrained(finished_run, fashion_dir, source_file, capsys):
+    work_dir, _, _ = finished_run
     stamps = {
         name: os.path.getmtime(os.path.join(work_dir, name))
         for name in ("results.json", "log.csv", "target.keras")
     }
-    again = run_train(flags)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "already finished" in again.stdout
-    assert "epoch 1/3" not in again.stdout
+    results = run_experiment(tiny_config(work_dir, fashion_dir, source_file, deterministic=True))
+    output = capsys.readouterr().out
+    assert "already finished" in output and "epoch 1/3" not in output
+    assert results == load_json(os.path.join(work_dir, "results.json"))
     for name, stamp in stamps.items():
         assert os.path.getmtime(os.path.join(work_dir, name)) == stamp, name
 
 
-def test_a_different_experiment_in_the_work_dir_is_refused(finished_run):
-    work_dir, flags, _ = finished_run
-    changed = run_train([*flags, "--learning_rate=0.05"])
-    assert changed.returncode == 2
-    assert "holds a different experiment" in changed.stderr
-    assert "learning_rate" in changed.stderr
+def test_a_different_experiment_in_the_work_dir_is_refused(finished_run, fashion_dir,
+                                                           source_file):
+    work_dir, _, _ = finished_run
+    changed = tiny_config(work_dir, fashion_dir, source_file, deterministic=True,
+                          learning_rate=0.05)
+    with pytest.raises(ExperimentError, match="holds a different experiment.*learning_rate"):
+        run_experiment(changed)
