@@ -40,8 +40,11 @@ def test_distillation_golden_value():
 
 def test_every_method_is_documented_with_its_paper():
     assert set(METHODS) == {"scratch", "lwf", "at", "lwf_at", "fm", "l2t_w", "l2t_ww"}
-    for name in ("lwf", "at", "fm", "l2t_w", "l2t_ww"):
-        assert "20" in METHODS[name].description  # cites a year
+    cited = {"lwf": "Li & Hoiem, ECCV 2016", "at": "Zagoruyko & Komodakis, ICLR 2017",
+             "fm": "Romero et al., ICLR 2015", "l2t_w": "Jang et al., ICML 2019",
+             "l2t_ww": "Jang et al., ICML 2019"}
+    for name, citation in cited.items():
+        assert citation in METHODS[name].description, name
 
 
 @pytest.mark.parametrize(

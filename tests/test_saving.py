@@ -6,13 +6,16 @@ import textwrap
 
 import keras
 import numpy as np
+import pytest
 from toy_networks import toy_batch, toy_transfer_model
 
 import keras_l2t
 from keras_l2t.data import augment
 
 
-def _trained_model():
+@pytest.fixture(scope="module")
+def trained():
+    """One fitted model shared by the tests below, which only read it."""
     model = toy_transfer_model()
     model.compile(meta_optimizer=keras_l2t.TorchAdam(1e-2), metrics=["accuracy"])
     x, y = toy_batch(n=8)
@@ -20,8 +23,8 @@ def _trained_model():
     return model, x
 
 
-def test_transfer_model_round_trips_through_a_keras_file(tmp_path):
-    model, x = _trained_model()
+def test_transfer_model_round_trips_through_a_keras_file(tmp_path, trained):
+    model, x = trained
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.models.load_model(path)
@@ -42,11 +45,14 @@ def test_transfer_model_round_trips_through_a_keras_file(tmp_path):
     for a, b in zip(model.meta_optimizer.variables, loaded.meta_optimizer.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert keras_l2t.is_batch_norm_exact(loaded.target)
+    phi = [v.numpy() for v in loaded.phi_variables]
     loaded.fit(x, np.zeros(8, "int32"), batch_size=4, epochs=1, verbose=0)  # still trains
+    assert loaded.meta_optimizer.iterations.numpy() == 4
+    assert all(not np.allclose(v.numpy(), w) for v, w in zip(loaded.phi_variables, phi))
 
 
-def test_exported_target_serves_in_a_process_without_keras_l2t(tmp_path):
-    model, x = _trained_model()
+def test_exported_target_serves_in_a_process_without_keras_l2t(tmp_path, trained):
+    model, x = trained
     model.export(tmp_path / "served", verbose=False)
     model.target.save(tmp_path / "target.keras")
     np.save(tmp_path / "x.npy", x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 import keras
@@ -115,16 +116,22 @@ def test_work_dir_json_files_follow_the_umask(tmp_path):
     assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644
 
 
-def test_unwritable_work_dir(tmp_path, fashion_dir, source_file):
+def test_unwritable_work_dir(tmp_path, monkeypatch, fashion_dir, source_file):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     with pytest.raises(ExperimentError, match="is a file, not a directory"):
         run_experiment(_config(blocker / "run", fashion_dir, source_file))
-    if os.geteuid() != 0:  # root writes anywhere, so only a non-root run can check this
-        locked = tmp_path / "locked"
-        locked.mkdir(mode=0o500)
-        with pytest.raises(ExperimentError, match="cannot be written"):
-            run_experiment(_config(locked / "run", fashion_dir, source_file))
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.geteuid() == 0:  # root writes anywhere: its probe meets what a user's would
+
+        def refused(*args, **kwargs):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+        monkeypatch.setattr(work_dir.tempfile, "NamedTemporaryFile", refused)
+    with pytest.raises(ExperimentError, match=r"cannot be written \(Permission denied in"):
+        run_experiment(_config(locked / "run", fashion_dir, source_file))
+    assert not (locked / "run").exists()
 
 
 def test_missing_data_names_the_package(tmp_path, source_file):

@@ -39,14 +39,16 @@ def test_two_workers_finish_with_identical_weights(tmp_path, fashion_dir, source
             [sys.executable, TRAIN, *flags], cwd=ROOT, env=env, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         ))
-    outputs = []
-    for process in processes:
-        try:
-            stdout, stderr = process.communicate(timeout=240)
-        finally:
+    finished = []
+    try:  # wait for both before any assert, so a failing worker never orphans the other
+        for process in processes:
+            finished.append(process.communicate(timeout=240))
+    finally:
+        for process in processes:
             process.kill()
+    for process, (_, stderr) in zip(processes, finished):
         assert process.returncode == 0, stderr[-3000:]
-        outputs.append(stdout)
+    outputs = [stdout for stdout, _ in finished]
 
     hashes = [re.search(r"Target weights sha1 ([0-9a-f]{40})", out)[1] for out in outputs]
     assert hashes[0] == hashes[1]
