@@ -10,12 +10,9 @@ import keras_l2t
 
 
 def _compile(model, **kwargs):
-    model.compile(
-        optimizer=keras_l2t.CoupledSGD(0.1, momentum=0.9, weight_decay=1e-4),
-        meta_optimizer=keras.optimizers.Adam(1e-2),
-        metrics=["accuracy"],
-        **kwargs,
-    )
+    kwargs.setdefault("optimizer", keras_l2t.CoupledSGD(0.1, momentum=0.9, weight_decay=1e-4))
+    kwargs.setdefault("meta_optimizer", keras.optimizers.Adam(1e-2))
+    model.compile(metrics=["accuracy"], **kwargs)
     return model
 
 
@@ -57,6 +54,44 @@ def test_after_a_step_only_the_real_step_and_the_meta_update_persist():
     moved = [not np.allclose(v.numpy(), b) for v, b in zip(full.phi_variables, phi_before)]
     assert all(moved)
     assert full.meta_optimizer.iterations.numpy() == 2
+
+
+def test_the_meta_step_applies_the_meta_gradient_at_the_real_steps_result_with_its_l2():
+    """phi_1 = phi_0 - lr * (d L_org(theta_{T+1}) / d phi + decay * phi_0), the lookahead
+    starting where the real step left theta and the momentum buffers."""
+    x, y = toy_batch(n=8, seed=8)
+    decay, meta_lr = 1e-2, 10.0
+    full, probe = (
+        _compile(toy_transfer_model(seed=9, meta_weight_decay=decay),
+                 meta_optimizer=keras.optimizers.SGD(meta_lr))
+        for _ in range(2)
+    )
+    probe.set_weights(full.get_weights())
+    phi_before = [v.numpy() for v in full.phi_variables]
+    full.train_on_batch(x, y)
+    _real_step_only(probe, x, y)
+    _, meta_grads = probe.meta_gradient(x, y)
+    assert len(meta_grads) == len(phi_before)
+    for v, before, grad in zip(full.phi_variables, phi_before, meta_grads):
+        expected = before - meta_lr * (keras.ops.convert_to_numpy(grad) + decay * before)
+        np.testing.assert_allclose(v.numpy(), expected, rtol=1e-4, atol=1e-6, err_msg=v.path)
+
+
+def test_the_lookahead_replays_this_iterations_scheduled_learning_rate():
+    """Under a schedule, the lookahead takes the rate the real step took, not the next one."""
+    x, y = toy_batch(n=8, seed=10)
+    drops_after_step_0 = keras.optimizers.schedules.PiecewiseConstantDecay([0], [0.1, 0.001])
+    scheduled, constant = (
+        _compile(toy_transfer_model(seed=11), meta_optimizer=keras.optimizers.SGD(10.0),
+                 optimizer=keras_l2t.CoupledSGD(rate, momentum=0.9, weight_decay=1e-4))
+        for rate in (drops_after_step_0, 0.1)
+    )
+    constant.set_weights(scheduled.get_weights())
+    scheduled.train_on_batch(x, y)
+    constant.train_on_batch(x, y)
+    assert keras.ops.convert_to_numpy(scheduled.optimizer.learning_rate) == np.float32(0.001)
+    for a, b in zip(scheduled.phi_variables, constant.phi_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7, err_msg=a.path)
 
 
 def _count_calls(layer):
