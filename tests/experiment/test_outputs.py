@@ -8,9 +8,10 @@ import sys
 import textwrap
 
 import numpy as np
-from experiment_helpers import checkpoint_state, load_json
+from experiment_helpers import checkpoint_state, load_json, tiny_config
 
 from keras_l2t.data import augment, load_fashion_mnist_arrays
+from keras_l2t.experiment import run_experiment, runner
 
 
 def test_work_dir_holds_config_logs_checkpoints_and_results(finished_run):
@@ -98,3 +99,34 @@ def test_an_l2t_ww_run_draws_its_learned_weights(finished_run):
     assert tags["pair_weights"] == {0, 1, 2}  # one heatmap per epoch
     assert tags["channel_weights"] == {0, 1, 2}
     assert "final/pair_weights_over_epochs" in tags
+
+
+def test_results_target_and_export_come_from_the_best_epoch_not_the_last(
+        tmp_path, monkeypatch, fashion_dir, source_file):
+    import keras
+    import tensorflow as tf
+
+    forced_val_accuracy = {1: 0.9, 2: 0.5}  # epoch 1 is the best, epoch 2 the last
+    target_at_epoch = {}
+
+    class ForcedBest(runner.TrainingState):
+        def save(self, finished_epochs, val_accuracy):
+            target_at_epoch[finished_epochs] = self.model.target.get_weights()
+            return super().save(finished_epochs, forced_val_accuracy[finished_epochs])
+
+    monkeypatch.setattr(runner, "TrainingState", ForcedBest)
+    work_dir = str(tmp_path / "run")
+    results = run_experiment(tiny_config(work_dir, fashion_dir, source_file, epochs=2,
+                                         max_steps_per_epoch=2))
+    assert results["best_epoch"] == 1 and results["best_val_accuracy"] == 0.9
+    best, last = target_at_epoch[1], target_at_epoch[2]
+    assert any(not np.array_equal(a, b) for a, b in zip(best, last))
+    saved = keras.models.load_model(os.path.join(work_dir, "target.keras"), compile=False)
+    for a, b in zip(saved.get_weights(), best, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert results["target_weights_sha1"] == runner._fingerprint(saved)
+    # The export serves the best epoch's network too.
+    pixels = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
+    served = tf.saved_model.load(load_json(os.path.join(work_dir, "results.json"))["export_dir"])
+    np.testing.assert_allclose(served.logits(tf.constant(pixels)).numpy(),
+                               saved.predict(pixels, verbose=0), rtol=1e-4, atol=1e-5)
