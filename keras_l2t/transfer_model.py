@@ -101,7 +101,14 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         distillation_weight: Weight of LwF's distillation loss (1, as LwF).
         **kwargs: Standard `keras.Model` arguments (name, ...).
 
+    Raises:
+        ValueError: A layer name that is not in its network (the message lists the valid
+            ones), an unknown method or preset, `lookahead_steps < 1`, a target without
+            a (batch, classes) head or a fixed image size, a float16 target, or
+            LayerNormalization/GroupNormalization in the target on TensorFlow.
+
     Example:
+        >>> from keras_l2t import CoupledSGD, TransferModel
         >>> model = TransferModel(source, target, pairs="all",
         ...                       source_layers=["s_block2", "s_block3"],
         ...                       target_layers=["t_block2", "t_block3"])
