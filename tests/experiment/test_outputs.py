@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -24,6 +25,10 @@ def test_work_dir_holds_config_logs_checkpoints_and_results(finished_run):
     with open(os.path.join(work_dir, "log.csv")) as f:
         header, *rows = f.read().splitlines()
     assert len(rows) == 3 and "val_accuracy" in header and "matching_loss" in header
+    # Per-step cosine decay to 0 over all 3 epochs: 0.1 * (1 + cos(pi * epoch / 3)) / 2.
+    rates = [float(dict(zip(header.split(","), row.split(",")))["learning_rate"])
+             for row in rows]
+    np.testing.assert_allclose(rates, [0.1, 0.075, 0.025], rtol=1e-5)
     best_row = dict(zip(header.split(","), rows[results["best_epoch"] - 1].split(",")))
     assert abs(float(best_row["val_accuracy"]) - results["best_val_accuracy"]) < 1e-5
     assert results["best_val_accuracy"] == max(
@@ -119,6 +124,10 @@ def test_results_target_and_export_come_from_the_best_epoch_not_the_last(
     results = run_experiment(tiny_config(work_dir, fashion_dir, source_file, epochs=2,
                                          max_steps_per_epoch=2))
     assert results["best_epoch"] == 1 and results["best_val_accuracy"] == 0.9
+    with open(os.path.join(work_dir, "log.csv")) as f:
+        rates = [float(row["learning_rate"]) for row in csv.DictReader(f)]
+    # The cosine spans the steps taken (2 per epoch here), not the uncapped epoch length.
+    np.testing.assert_allclose(rates, [0.1, 0.05], rtol=1e-5)
     best, last = target_at_epoch[1], target_at_epoch[2]
     assert any(not np.array_equal(a, b) for a, b in zip(best, last))
     saved = keras.models.load_model(os.path.join(work_dir, "target.keras"), compile=False)
