@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from backends import BACKEND, tensorflow_only, to_numpy
+from backends import BACKEND, tensorflow_only, to_numpy, variable_gradients
 from toy_networks import toy_batch, toy_transfer_model
 
 import keras_l2t
@@ -75,6 +75,40 @@ def test_meta_gradient_matches_finite_differences_through_batch_norm(float64, lo
     error = _relative_error(analytic, numeric)
     assert np.linalg.norm(np.concatenate([g.ravel() for g in numeric])) > 1e-6
     assert error < 1e-6, error
+
+
+def test_meta_objective_is_the_loss_after_the_optimizers_own_lookahead_steps():
+    """L_org(theta_{T+1}) equals the cross-entropy after T `optimizer.apply` steps on the
+    matching loss and one on the cross-entropy, taken for real on a copy: the lookahead's
+    step order, objectives, starting buffers and rate are the optimizer's own."""
+    x, y = toy_batch(n=8, seed=12)
+    model, copy = _compiled_model(2), _compiled_model(2)
+    rng = np.random.default_rng(13)
+    for m in (model, copy):
+        m.optimizer.build(m.theta_variables)
+    for a, b in zip(copy.optimizer.momentums, model.optimizer.momentums, strict=True):
+        buffer = rng.normal(scale=0.1, size=b.shape)  # the lookahead starts from these
+        a.assign(buffer)
+        b.assign(buffer)
+    for a, b in zip(copy.weights, model.weights, strict=True):
+        a.assign(b.numpy())
+    meta_loss, _ = model.meta_gradient(x, y)
+
+    source = copy.source_forward(x)
+    channel_weights, pair_weights = copy.pair_weights(source)
+    theta = copy.theta_variables
+
+    def term(name):
+        student = copy.student_forward(x)
+        terms = copy.loss_terms(y, student, source, channel_weights, pair_weights)
+        return keras.ops.mean(terms[name])
+
+    for name in ["matching"] * 2 + ["ce"]:
+        grads = variable_gradients(lambda n=name: term(n), theta, copy.variables)
+        # Variables the objective does not reach still move by momentum and weight decay.
+        grads = [keras.ops.zeros(v.shape) if g is None else g for g, v in zip(grads, theta)]
+        copy.optimizer.apply(grads, theta)
+    np.testing.assert_allclose(to_numpy(meta_loss), to_numpy(term("ce")), rtol=1e-5)
 
 
 def test_first_order_meta_gradient_is_zero(float64):
