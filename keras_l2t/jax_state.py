@@ -7,9 +7,19 @@ meta-optimizer's variables to the optimizer's list wherever the trainer gathers,
 writes back or shards that list, so `jax_step.train_step` receives and returns both.
 The methods override private hooks of `keras.src.backend.jax.trainer.JAXTrainer`
 (Keras 3.15); on TensorFlow they are never called.
+
+It also mends a gap of that trainer: `fit`, `evaluate` and `predict` take the values out
+of the variables for the duration of the loop and put back `_jax_state` at the end. A
+step that raised (a ValueError at its first trace, say) put back an older call's
+`_jax_state`, which lacks the optimizer's variables after an `evaluate`, or nothing at
+all in `evaluate` and `predict`: the model then failed on every later call. Here the
+values taken out are the `_jax_state` until a step returns, and `evaluate` and
+`predict` put it back on an error as `fit` does.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 
 class MetaOptimizerInJaxState:
@@ -24,18 +34,19 @@ class MetaOptimizerInJaxState:
     def _get_jax_state(self, trainable_variables=False, non_trainable_variables=False,
                        optimizer_variables=False, metrics_variables=False,
                        purge_model_variables=False):
-        groups = [
-            (trainable_variables, self.trainable_variables),
-            (non_trainable_variables, self.non_trainable_variables),
-            (optimizer_variables, self._all_optimizer_variables()),
-            (metrics_variables, self.metrics_variables),
-        ]
-        state = tuple([v.value for v in variables] for wanted, variables in groups if wanted)
+        groups = {
+            "trainable_variables": (trainable_variables, self.trainable_variables),
+            "non_trainable_variables": (non_trainable_variables, self.non_trainable_variables),
+            "optimizer_variables": (optimizer_variables, self._all_optimizer_variables()),
+            "metrics_variables": (metrics_variables, self.metrics_variables),
+        }
+        wanted = {k: [v.value for v in variables] for k, (w, variables) in groups.items() if w}
         if purge_model_variables:
-            for wanted, variables in groups:
-                for variable in variables if wanted else []:
+            self._jax_state = dict(wanted)  # what `jax_state_sync` puts back on an error
+            for key in wanted:
+                for variable in groups[key][1]:
                     variable._value = None  # as Keras does: the state holds the values
-        return state
+        return tuple(wanted.values())
 
     def jax_state_sync(self):
         if not getattr(self, "_jax_state", None) or self._jax_state_synced:
@@ -61,3 +72,19 @@ class MetaOptimizerInJaxState:
             shardings(self._all_optimizer_variables()),
             shardings(self.metrics_variables),
         )
+
+    @contextlib.contextmanager
+    def _state_restored_on_error(self):
+        try:
+            yield
+        except BaseException:
+            self.jax_state_sync()
+            raise
+
+    def evaluate(self, *args, **kwargs):
+        with self._state_restored_on_error():
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with self._state_restored_on_error():
+            return super().predict(*args, **kwargs)

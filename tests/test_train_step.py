@@ -111,11 +111,16 @@ def test_source_runs_once_per_batch_and_only_meta_methods_look_ahead(method, tar
     model = _compile(toy_transfer_model(method, lookahead_steps=2), run_eagerly=True)
     source_calls = _count_calls(model.source.get_layer("src_conv0"))
     target_calls = _count_calls(model.target.get_layer("tgt_conv0"))
-    x, y = toy_batch(n=8)
-    model.fit(x[:4], y[:4], batch_size=4, epochs=1, verbose=0)  # builds (JAX traces shapes)
-    source_calls.clear()
-    target_calls.clear()
-    model.fit(x[4:], y[4:], batch_size=4, epochs=1, verbose=0)  # one new batch
+    step = model.train_step
+
+    def counted_step(*args):  # counts one iteration, not fit's building of the model
+        source_calls.clear()
+        target_calls.clear()
+        return step(*args)
+
+    model.train_step = counted_step
+    x, y = toy_batch(n=4)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)  # one batch
     assert len(source_calls) == (1 if method != "scratch" else 0)
     # Real step, then T matching steps, one cross-entropy step and the meta objective.
     assert len(target_calls) == target_forwards
@@ -205,6 +210,45 @@ def test_fit_and_evaluate_without_metrics_and_with_column_labels():
     history = model.fit(x, column, batch_size=4, epochs=1, validation_data=(x, column),
                         verbose=0)
     assert np.isfinite(history.history["val_loss"][0])
-    assert set(model.evaluate(x, column, verbose=0, return_dict=True)) == {"loss"}
+    evaluated = model.evaluate(x, column, verbose=0, return_dict=True)
+    assert set(evaluated) == {"loss"}
+    # The loss is the target's mean cross-entropy, in inference mode, as predict sees it.
+    logits = model.predict(x, verbose=0).astype("float64")
+    log_probabilities = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(evaluated["loss"], -log_probabilities[np.arange(8), y].mean(),
+                               rtol=1e-5)
+    weights = model.get_weights()
     with pytest.raises(ValueError, match="class_weight"):
         model.fit(x, y, class_weight={0: 1.0, 1: 2.0, 2: 1.0}, verbose=0)
+    with pytest.raises(ValueError, match="needs labels"):
+        model.fit(x, batch_size=4, verbose=0)
+    with pytest.raises(ValueError, match="sample weights"):
+        model.evaluate(x, y, sample_weight=np.ones(8), verbose=0)
+    with pytest.raises(ValueError):  # a rank-3 input: Keras' own error, worded by backend
+        model.predict(np.zeros((2, 8, 8), "float32"), verbose=0)
+    # A call that fails leaves the model as it was (Keras' JAX trainer emptied it).
+    for a, b in zip(model.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+class _InterruptAfter(keras.callbacks.Callback):
+    def __init__(self, steps: int):
+        super().__init__()
+        self.steps = steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch + 1 == self.steps:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_fit_keeps_the_steps_it_finished():
+    x, y = toy_batch(n=12, seed=5)
+    model = _compile(toy_transfer_model(seed=6))
+    initial = model.get_weights()
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[_InterruptAfter(2)])
+    assert model.optimizer.iterations.numpy() == 2
+    assert model.meta_optimizer.iterations.numpy() == 2
+    assert any(not np.array_equal(a, b) for a, b in zip(model.get_weights(), initial))
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)  # and training goes on from there
+    assert model.optimizer.iterations.numpy() == 5
