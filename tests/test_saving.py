@@ -92,3 +92,5 @@ def test_export_of_a_softmax_headed_target_serves_its_probabilities(tmp_path):
     probabilities = target.predict(pixels, verbose=0)
     np.testing.assert_allclose(out["probabilities"].numpy(), probabilities, rtol=1e-5)
     np.testing.assert_allclose(out["logits"].numpy(), np.log(probabilities), rtol=1e-5)
+    empty = served.serve(tf.zeros([0, 5, 7, 3], tf.uint8))  # a request may have no images
+    assert empty["probabilities"].shape == (0, 3) and empty["classes"].shape == (0,)

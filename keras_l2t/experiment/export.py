@@ -45,13 +45,20 @@ def export_target(target: keras.Model, path: str, image_size: int,
     pixels_spec = keras.InputSpec(shape=(None, image_size, image_size, 3), dtype="float32")
     network = archive.track_and_add_endpoint("logits", target, input_signature=[pixels_spec])
 
+    num_classes = int(target.output.shape[-1])
+
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     def serve(images):
         pixels = tf.map_fn(
             transform, images,
             fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
         )
-        outputs = tf.cast(network(pixels), tf.float32)
+        # An empty batch skips the network: TensorFlow's CPU convolution fails on one.
+        outputs = tf.cond(
+            tf.shape(images)[0] > 0,
+            lambda: tf.cast(network(pixels), tf.float32),
+            lambda: tf.zeros([0, num_classes], tf.float32),
+        )
         if from_logits:
             logits, probabilities = outputs, tf.nn.softmax(outputs, axis=-1)
         else:
