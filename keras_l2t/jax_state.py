@@ -6,7 +6,8 @@ end of `fit`. It knows one optimizer; `TransferModel` has two. This mixin append
 meta-optimizer's variables to the optimizer's list wherever the trainer gathers, purges,
 writes back or shards that list, so `jax_step.train_step` receives and returns both.
 The methods override private hooks of `keras.src.backend.jax.trainer.JAXTrainer`
-(Keras 3.15); on TensorFlow they are never called.
+(Keras 3.15); on TensorFlow they are never called (`evaluate` and `predict`
+below find no `_jax_state` there and only pass through).
 
 It also mends a gap of that trainer: `fit`, `evaluate` and `predict` take the values out
 of the variables for the duration of the loop and put back `_jax_state` at the end. A
@@ -31,46 +32,40 @@ class MetaOptimizerInJaxState:
         meta_optimizer = getattr(self, "meta_optimizer", None)
         return variables + (list(meta_optimizer.variables) if meta_optimizer else [])
 
-    def _get_jax_state(self, trainable_variables=False, non_trainable_variables=False,
-                       optimizer_variables=False, metrics_variables=False,
-                       purge_model_variables=False):
-        groups = {
-            "trainable_variables": (trainable_variables, self.trainable_variables),
-            "non_trainable_variables": (non_trainable_variables, self.non_trainable_variables),
-            "optimizer_variables": (optimizer_variables, self._all_optimizer_variables()),
-            "metrics_variables": (metrics_variables, self.metrics_variables),
-        }
-        wanted = {k: [v.value for v in variables] for k, (w, variables) in groups.items() if w}
-        if purge_model_variables:
-            self._jax_state = dict(wanted)  # what `jax_state_sync` puts back on an error
-            for key in wanted:
-                for variable in groups[key][1]:
-                    variable._value = None  # as Keras does: the state holds the values
-        return tuple(wanted.values())
-
-    def jax_state_sync(self):
-        if not getattr(self, "_jax_state", None) or self._jax_state_synced:
-            return
-        groups = {
+    def _state_groups(self) -> dict[str, list]:
+        """The trainer's four state lists, by their `_jax_state` key, in its order."""
+        return {
             "trainable_variables": self.trainable_variables,
             "non_trainable_variables": self.non_trainable_variables,
             "optimizer_variables": self._all_optimizer_variables(),
             "metrics_variables": self.metrics_variables,
         }
-        for key, variables in groups.items():
+
+    def _get_jax_state(self, trainable_variables=False, non_trainable_variables=False,
+                       optimizer_variables=False, metrics_variables=False,
+                       purge_model_variables=False):
+        asked = (trainable_variables, non_trainable_variables, optimizer_variables,
+                 metrics_variables)
+        groups = {k: v for (k, v), wanted in zip(self._state_groups().items(), asked) if wanted}
+        state = {key: [v.value for v in variables] for key, variables in groups.items()}
+        if purge_model_variables:
+            self._jax_state = state  # what `jax_state_sync` puts back on an error
+            for variables in groups.values():
+                for variable in variables:
+                    variable._value = None  # as Keras does: the state holds the values
+        return tuple(state.values())
+
+    def jax_state_sync(self):
+        if not getattr(self, "_jax_state", None) or self._jax_state_synced:
+            return
+        for key, variables in self._state_groups().items():
             for variable, value in zip(variables, self._jax_state.get(key) or []):
                 variable.assign(value)
         self._jax_state_synced = True
 
     def _get_state_sharding_spec(self):
-        def shardings(variables):
-            return [v.value.sharding for v in variables]
-
-        return (
-            shardings(self.trainable_variables),
-            shardings(self.non_trainable_variables),
-            shardings(self._all_optimizer_variables()),
-            shardings(self.metrics_variables),
+        return tuple(
+            [v.value.sharding for v in variables] for variables in self._state_groups().values()
         )
 
     @contextlib.contextmanager
