@@ -522,6 +522,15 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         return [matching] * self.lookahead_steps + [classification]
 
     # ---------------------------------------------------------- train and test
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`. At its end a meta-optimizer built with `use_ema=True`
+        writes its moving average into phi, as Keras' fit does for the optimizer and
+        the trainable weights."""
+        history = super().fit(*args, **kwargs)
+        if self.phi_variables and int(self.meta_optimizer.iterations) > 0:
+            self.meta_optimizer.finalize_variable_values(self.phi_variables)
+        return history
+
     def train_step(self, *args):
         """One L2T-ww iteration, as the backend's trainer calls it: `(data)` on
         TensorFlow, `(state, data)` on JAX (see `tensorflow_step` / `jax_step`)."""

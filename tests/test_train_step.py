@@ -94,6 +94,33 @@ def test_the_lookahead_replays_this_iterations_scheduled_learning_rate():
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7, err_msg=a.path)
 
 
+class _RecordPhi(keras.callbacks.Callback):
+    """phi after every step (on JAX, the trainer's state is written back first)."""
+
+    def __init__(self):
+        super().__init__()
+        self.iterates = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.model.jax_state_sync()  # a no-op on TensorFlow
+        self.iterates.append([v.numpy() for v in self.model.phi_variables])
+
+
+def test_a_meta_optimizer_with_ema_leaves_its_moving_average_in_phi():
+    """Keras' EMA: average_1 = phi_1, average_2 = m * average_1 + (1 - m) * phi_2; fit
+    ends by writing it into phi."""
+    x, y = toy_batch(n=8, seed=12)
+    model = _compile(toy_transfer_model(seed=13), meta_optimizer=keras.optimizers.SGD(
+        10.0, use_ema=True, ema_momentum=0.25))
+    record = _RecordPhi()
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[record])
+    assert len(record.iterates) == 2
+    for v, phi_1, phi_2 in zip(model.phi_variables, *record.iterates, strict=True):
+        assert not np.allclose(phi_1, phi_2)
+        np.testing.assert_allclose(v.numpy(), 0.25 * phi_1 + 0.75 * phi_2, rtol=1e-5,
+                                   atol=1e-6, err_msg=v.path)
+
+
 def _count_calls(layer):
     calls = []
     original = layer.call
