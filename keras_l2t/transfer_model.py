@@ -655,7 +655,10 @@ def unpack(data):
             "are plain batch means, as in the reference. Resample the data instead."
         )
     if y is None:
-        raise ValueError("TransferModel.fit needs labels: give (images, labels) batches.")
+        raise ValueError(
+            "TransferModel needs labels to train and evaluate: give (images, labels) "
+            "batches (predict takes images alone)."
+        )
     return x, y
 
 

@@ -247,8 +247,9 @@ def test_fit_and_evaluate_without_metrics_and_with_column_labels():
     weights = model.get_weights()
     with pytest.raises(ValueError, match="class_weight"):
         model.fit(x, y, class_weight={0: 1.0, 1: 2.0, 2: 1.0}, verbose=0)
-    with pytest.raises(ValueError, match="needs labels"):
-        model.fit(x, batch_size=4, verbose=0)
+    for run in (model.fit, model.evaluate):
+        with pytest.raises(ValueError, match="needs labels to train and evaluate"):
+            run(x, batch_size=4, verbose=0)
     with pytest.raises(ValueError, match="sample weights"):
         model.evaluate(x, y, sample_weight=np.ones(8), verbose=0)
     with pytest.raises(ValueError):  # a rank-3 input: Keras' own error, worded by backend
