@@ -38,12 +38,21 @@ def test_write_pictures_draws_what_the_method_learns(tmp_path, method, expected)
 
 
 def test_current_weights_reads_the_meta_networks():
+    """With zero kernels the weights are set by the biases alone: lambda = relu6(b) for
+    every image, w = softmax(b) = b' / sum(b') for biases log(b')."""
     model = toy_transfer_model("l2t_ww")
     x, _ = toy_batch(n=4)
-    lambdas, channels = pictures.current_weights(model, x)
-    pooled = model.source_forward(x).pooled
-    expected = [float(np.mean(keras.ops.convert_to_numpy(net(p))))
-                for net, p in zip(model.pair_weight_networks, pooled)]
-    np.testing.assert_allclose(lambdas, expected, rtol=1e-6)
-    assert [c.shape for c in channels] == [(4, 3), (4, 3), (4, 4), (4, 4)]
-    np.testing.assert_allclose([c.sum(axis=1) for c in channels], 1.0, rtol=1e-5)
+    pair_biases = [-1.0, 0.5, 2.5, 7.0]  # relu6 clips the first and the last
+    for network, bias in zip(model.pair_weight_networks, pair_biases, strict=True):
+        network.kernel.assign(np.zeros(network.kernel.shape, "float32"))
+        network.bias.assign(np.full(network.bias.shape, bias, "float32"))
+    for network in model.channel_weight_networks:
+        channels = network.bias.shape[0]
+        network.kernel.assign(np.zeros(network.kernel.shape, "float32"))
+        network.bias.assign(np.log(np.arange(1, channels + 1, dtype="float32")))
+    lambdas, weights = pictures.current_weights(model, x)
+    np.testing.assert_allclose(lambdas, [0.0, 0.5, 2.5, 6.0], rtol=1e-6)
+    assert [w.shape for w in weights] == [(4, 3), (4, 3), (4, 4), (4, 4)]
+    for w in weights:
+        ramp = np.arange(1, w.shape[1] + 1)
+        np.testing.assert_allclose(w, np.tile(ramp / ramp.sum(), (4, 1)), rtol=1e-5)
