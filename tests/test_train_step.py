@@ -135,7 +135,7 @@ def _count_calls(layer):
 
 @pytest.mark.parametrize("method, target_forwards", [("l2t_ww", 2 + 3), ("fm", 1), ("scratch", 1)])
 def test_source_runs_once_per_batch_and_only_meta_methods_look_ahead(method, target_forwards):
-    model = _compile(toy_transfer_model(method, lookahead_steps=2), run_eagerly=True)
+    model = _compile(toy_transfer_model(method, lookahead_steps=2))
     source_calls = _count_calls(model.source.get_layer("src_conv0"))
     target_calls = _count_calls(model.target.get_layer("tgt_conv0"))
     step = model.train_step
