@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import types
 
 import keras
 import pytest
@@ -61,6 +62,21 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, fashion_dir, 
     assert message in str(error.value)
     assert "\n" not in str(error.value)
     assert not work_dir.exists()
+
+
+@pytest.mark.parametrize("mode", ["transfer", "pretrain_source"])
+def test_a_batch_the_replicas_cannot_split_is_refused_before_writing(
+    tmp_path, fashion_dir, source_file, mode
+):
+    # Only the replica count is read before this check (test_mirrored runs two for real).
+    two_replicas = types.SimpleNamespace(num_replicas_in_sync=2)
+    run = tmp_path / "run"
+    with pytest.raises(ExperimentError) as error:
+        run_experiment(_config(run, fashion_dir, source_file, mode=mode, batch_size=7),
+                       strategy=two_replicas)
+    assert str(error.value) == (
+        "--batch_size=7 does not divide by the 2 replicas; use a multiple of 2, e.g. 6.")
+    assert not run.exists()
 
 
 @pytest.mark.parametrize("role", ["target", "source", "source_weights"])
