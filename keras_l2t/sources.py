@@ -257,10 +257,10 @@ def _load_imagenet_source(
             input_shape=tuple(input_shape),
             classifier_activation=None,
         )
-    except ValueError as error:
+    except (ValueError, OSError) as error:  # OSError: h5py cannot read the file
         raise ValueError(
-            f"'{path}' does not fit {spec.application} (include_top={include_top}); "
-            f"expected the Keras file '{spec.file_name(include_top)}': {error}"
+            f"'{path}' cannot be loaded into {spec.application} (include_top={include_top})"
+            f"; expected the Keras file '{spec.file_name(include_top)}': {error}"
         ) from error
     renamed = _renamed_layers(spec)
     for layer in stock.layers:

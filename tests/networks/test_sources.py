@@ -115,6 +115,15 @@ def test_local_keras_imagenet_file(tmp_path, include_top, input_shape):
     np.testing.assert_allclose(again(_normalise(raw)), got, rtol=1e-5, atol=1e-5)
 
 
+def test_a_damaged_keras_imagenet_file_is_one_clear_error(tmp_path):
+    path = tmp_path / sources.weights_file_name("resnet50_imagenet", False)
+    path.write_bytes(np.random.default_rng(0).bytes(4096))  # not HDF5: h5py's OSError
+    with pytest.raises(ValueError, match=r"cannot be loaded into ResNet50 \(include_top=False\)"
+                                         r"; expected the Keras file 'resnet50_weights_tf_dim"):
+        sources.load_source("resnet50_imagenet", weights=str(path), include_top=False,
+                            input_shape=(32, 32, 3))
+
+
 def test_builder_source_from_weights_file(tmp_path):
     path = str(tmp_path / "resnet32.weights.h5")
     trained = build_network("resnet32", 10, input_shape=(16, 16, 3))
