@@ -27,7 +27,8 @@ class UpdateRule:
         slots: `slots(variables)` returns the optimizer's current momentum buffers for
             `variables` as tensors (zeros where the optimizer keeps none).
         step: `step(values, buffers, gradients, learning_rate)` returns the new values
-            and buffers, lists aligned with `variables`.
+            (projected by the variables' constraints, as `Optimizer.apply` does) and
+            buffers, lists aligned with `variables`.
     """
 
     slots: Callable[[Sequence[keras.Variable]], list]
@@ -50,14 +51,28 @@ def update_rule_for(optimizer: keras.optimizers.Optimizer,
     """
     _reject_unreplicable_options(optimizer)
     if isinstance(optimizer, CoupledSGD):
-        return _coupled_sgd_rule(optimizer)
+        return _with_constraints(_coupled_sgd_rule(optimizer), variables)
     if type(optimizer) is keras.optimizers.SGD:
-        return _keras_sgd_rule(optimizer, variables)
+        return _with_constraints(_keras_sgd_rule(optimizer, variables), variables)
     raise ValueError(
         f"The L2T-ww lookahead replays the target optimizer's update exactly and knows "
         f"the rule of {SUPPORTED}, not {type(optimizer).__name__}. Pass one of those as "
         "`optimizer=` to compile()."
     )
+
+
+def _with_constraints(rule: UpdateRule, variables: Sequence[keras.Variable]) -> UpdateRule:
+    """`rule`, then each variable's constraint (a layer's `kernel_constraint`, ...), as
+    `Optimizer.apply` projects the variables after its update."""
+    constraints = [v.constraint for v in variables]
+    if not any(constraints):
+        return rule
+
+    def step(values, buffers, gradients, learning_rate):
+        values, buffers = rule.step(values, buffers, gradients, learning_rate)
+        return [c(v) if c is not None else v for c, v in zip(constraints, values)], buffers
+
+    return UpdateRule(slots=rule.slots, step=step)
 
 
 def _coupled_sgd_rule(optimizer: CoupledSGD) -> UpdateRule:

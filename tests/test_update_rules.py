@@ -47,6 +47,7 @@ def test_update_rule_replays_the_optimizer_with_its_buffers_and_schedule(float64
     rng = np.random.default_rng(1)
     schedule = keras.optimizers.schedules.CosineDecay(0.3, decay_steps=5)
     variables = [keras.Variable(rng.normal(size=s), dtype="float64") for s in [(4,), (2, 3)]]
+    variables[1].constraint = keras.constraints.NonNeg()  # projected after every update
     optimizer = make_optimizer(schedule)
     optimizer.build(variables)
     rule = update_rule_for(optimizer, variables)
