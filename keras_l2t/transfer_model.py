@@ -142,14 +142,17 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         check_source(source)
         self.from_logits = check_target(target)
         check_precision(target)
-        if lookahead_steps < 1:
-            raise ValueError(f"lookahead_steps must be >= 1, got {lookahead_steps}.")
+        if isinstance(lookahead_steps, bool) or not isinstance(lookahead_steps, int) or (
+            lookahead_steps < 1
+        ):
+            raise ValueError(f"lookahead_steps must be an integer >= 1, got {lookahead_steps!r}.")
         # Losses, adapters and meta-networks run at the target variables' precision, even
         # when the networks compute in bfloat16.
         variables = target.trainable_variables
         self.loss_dtype = variables[0].dtype if variables else keras.config.floatx()
         self.pairs = (
-            resolve_pairs(pairs or self.method.default_pairs, source_layers, target_layers)
+            resolve_pairs(self.method.default_pairs if pairs is None else pairs,
+                          source_layers, target_layers)
             if self.method.uses_pairs else []
         )
         self.beta = beta
@@ -284,20 +287,25 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             metrics: Metrics on (labels, target outputs), e.g. ["accuracy"].
             **kwargs: Other `keras.Model.compile` arguments. `loss` is not accepted:
                 the model computes its losses itself.
+
+        Raises:
+            ValueError: for `loss=`, an optimizer with loss scaling (`loss_scale_factor`,
+                `LossScaleOptimizer`), or, for the meta-learned methods, an `optimizer`
+                whose update the lookahead cannot replay (see `update_rules`).
         """
         if kwargs.pop("loss", None) is not None:
             raise ValueError(
                 "TransferModel computes its losses itself (cross-entropy of the target "
                 "plus the method's transfer loss); do not pass loss= to compile()."
             )
-        super().compile(
-            optimizer=optimizer if optimizer is not None else CoupledSGD(),
-            metrics=metrics,
-            **kwargs,
-        )
-        self.meta_optimizer = keras.optimizers.get(
+        optimizer = keras.optimizers.get(optimizer if optimizer is not None else CoupledSGD())
+        meta_optimizer = keras.optimizers.get(
             meta_optimizer if meta_optimizer is not None else TorchAdam(1e-4)
         )
+        for argument, value in (("optimizer", optimizer), ("meta_optimizer", meta_optimizer)):
+            _refuse_loss_scaling(argument, value)
+        super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+        self.meta_optimizer = meta_optimizer
         if self.method.meta_learned:
             self.update_rule = update_rule_for(self.optimizer, self.theta_variables)
         # Built here, under the caller's strategy scope, not lazily inside fit().
@@ -660,6 +668,20 @@ def unpack(data):
             "batches (predict takes images alone)."
         )
     return x, y
+
+
+def _refuse_loss_scaling(argument: str, optimizer: keras.optimizers.Optimizer) -> None:
+    """Loss scaling (for float16) would shrink every update: the steps never scale the
+    losses, since float16 targets are refused (mixed_bfloat16 needs no scaling)."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) or (
+        optimizer.loss_scale_factor is not None
+    ):
+        raise ValueError(
+            f"{argument}={type(optimizer).__name__}(...) unscales gradients (loss_scale_factor "
+            "or LossScaleOptimizer, for float16), but TransferModel does not scale its "
+            "losses: float16 targets are refused and mixed_bfloat16 needs no scaling. "
+            "Create the optimizer without loss scaling."
+        )
 
 
 def _as_list(outputs) -> list:

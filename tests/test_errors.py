@@ -75,6 +75,15 @@ def test_bad_method_pairs_and_compile_arguments(networks):
         model.compile(loss="mse")
     with pytest.raises(ValueError, match="knows the rule of .*not RMSprop"):
         model.compile(optimizer="rmsprop")
+    for arguments in (dict(optimizer=keras_l2t.CoupledSGD(loss_scale_factor=128.0)),
+                      dict(meta_optimizer=keras.optimizers.LossScaleOptimizer(
+                          keras.optimizers.Adam()))):
+        with pytest.raises(ValueError, match="unscales gradients.*does not scale its losses"):
+            model.compile(**arguments)
+    with pytest.raises(ValueError, match="pairs is empty"):
+        keras_l2t.TransferModel(source, target, pairs=[])
+    with pytest.raises(ValueError, match="lookahead_steps must be an integer >= 1, got 1.5"):
+        keras_l2t.TransferModel(source, target, lookahead_steps=1.5)
 
 
 def test_target_maps_of_unknown_size_are_refused_by_name(networks):
