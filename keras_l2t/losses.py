@@ -73,15 +73,16 @@ def cross_entropy(labels, outputs, from_logits: bool = True):
     labels (batch, K).
 
     Args:
-        labels: Integer class ids, or one-hot / soft float labels with the outputs' shape.
+        labels: Integer class ids, or one-hot (integer or float) / soft labels with the
+            outputs' shape.
         outputs: (batch, K) logits, or probabilities when `from_logits=False`.
         from_logits: Whether `outputs` are logits.
 
     Returns:
         (batch,) cross-entropy per example.
     """
-    integer = "int" in keras.backend.standardize_dtype(labels.dtype)
-    if len(labels.shape) == len(outputs.shape) and not integer and labels.shape[-1] != 1:
+    if len(labels.shape) == len(outputs.shape) and labels.shape[-1] != 1:  # any dtype
+        labels = ops.cast(labels, outputs.dtype)
         return ops.categorical_crossentropy(labels, outputs, from_logits=from_logits)
     labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
     return ops.sparse_categorical_crossentropy(labels, outputs, from_logits=from_logits)
