@@ -7,7 +7,6 @@ global batch size, so the same code is right on one device and under
 
 from __future__ import annotations
 
-import keras
 from keras import ops
 
 
