@@ -56,8 +56,7 @@ class CoupledSGD(keras.optimizers.Optimizer):
 
     def __init__(self, learning_rate=0.1, momentum: float = 0.9, weight_decay: float = 1e-4,
                  nesterov: bool = False, name: str = "coupled_sgd", **kwargs):
-        # The base class' weight_decay is decoupled; keep it unset and decay here.
-        kwargs.pop("weight_decay", None)
+        # The base class' weight_decay (decoupled) stays unset: the update decays here.
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}.")

@@ -10,8 +10,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_l2t.data import augment, catalog, splits
+from keras_l2t.data.fashion_mnist import FashionMnistSource
+from keras_l2t.data.image_folder import ImageFolderSource
 from keras_l2t.data.pipeline import build_pipeline
 from keras_l2t.data.source import Source
+from keras_l2t.data.tfds_source import TfdsSource
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,15 +64,9 @@ def make_source(
     if data_dir:
         data_dir = os.path.expanduser(data_dir)
     if spec.source == catalog.TFDS:
-        from keras_l2t.data.tfds_source import TfdsSource
-
         return TfdsSource(spec.tfds_name, data_dir=data_dir, download=download)
     if spec.source == catalog.FASHION_MNIST:
-        from keras_l2t.data.fashion_mnist import FashionMnistSource
-
         return FashionMnistSource(data_dir, download=download)
-    from keras_l2t.data.image_folder import ImageFolderSource
-
     if not data_dir:
         raise ValueError(
             f"{spec.description}: pass data_dir, the folder laid out as "

@@ -28,15 +28,11 @@ class ExperimentData:
 
     Attributes:
         splits: The `DataSplits` of epoch 0 (val, test, sizes, class names).
-        batch_size: Global train batch.
         steps_per_epoch: Train steps in one epoch.
-        drop_remainder: Whether the last partial batch is dropped (several replicas).
     """
 
     splits: DataSplits
-    batch_size: int
     steps_per_epoch: int
-    drop_remainder: bool
     seed: int
     _kwargs: dict
 
@@ -99,4 +95,4 @@ def load_data(config: ExperimentConfig, *, num_replicas: int = 1, train_indices=
         )
     if config.max_steps_per_epoch:
         steps = min(steps, config.max_steps_per_epoch)
-    return ExperimentData(splits, batch, steps, drop_remainder, config.seed, kwargs)
+    return ExperimentData(splits, steps, config.seed, kwargs)

@@ -22,15 +22,14 @@ from keras_l2t.data import augment
 from keras_l2t.network_checks import outputs_logits
 
 
-def export_target(target: keras.Model, path: str, image_size: int,
-                  augmentation: str | None = None) -> None:
+def export_target(target: keras.Model, path: str, image_size: int) -> None:
     """Writes `target` with its preprocessing to `path` (a SavedModel directory).
 
     Args:
         target: The trained target network (float32 normalised images -> logits).
         path: Output directory.
-        image_size: The side the target was trained at.
-        augmentation: The data's augmentation style; default by `image_size`.
+        image_size: The side the target was trained at (it also picks the evaluation
+            transform, as the data pipeline does).
 
     Example:
         >>> export_target(model.target, "run/export", 224)  # doctest: +SKIP
@@ -38,9 +37,7 @@ def export_target(target: keras.Model, path: str, image_size: int,
         >>> served.serve(tf.zeros([1, 300, 400, 3], tf.uint8))["classes"]  # doctest: +SKIP
     """
     from_logits = outputs_logits(target)
-    transform = augment.eval_transform(
-        augmentation or augment.default_augmentation(image_size), image_size
-    )
+    transform = augment.eval_transform(augment.default_augmentation(image_size), image_size)
     archive = keras.export.ExportArchive()
     pixels_spec = keras.InputSpec(shape=(None, image_size, image_size, 3), dtype="float32")
     network = archive.track_and_add_endpoint("logits", target, input_signature=[pixels_spec])

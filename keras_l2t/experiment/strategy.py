@@ -33,7 +33,6 @@ class JaxStrategy:
     """
 
     def __init__(self, devices: list[str] | None = None):
-        self.devices = devices
         self.distribution = keras.distribution.DataParallel(devices=devices) if devices else None
         self.num_replicas_in_sync = len(devices) if devices else 1
 
