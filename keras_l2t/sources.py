@@ -132,8 +132,8 @@ def load_source(
         cache_dir: Keras download cache directory (default `~/.keras`).
 
     Returns:
-        A functional model with `trainable = False` whose taps are
-        `source_taps(source)`.
+        A functional model with `trainable = False`; `source_taps(model)` gives its
+        default taps.
 
     Raises:
         SourceWeightsUnavailable: when ImageNet weights cannot be downloaded.
@@ -171,8 +171,9 @@ def source_taps(source: str | keras.Model) -> list[str]:
     """Returns the default tap names of a source: its stage outputs.
 
     Args:
-        source: A source name accepted by `load_source`, or a loaded model (e.g. from a
-            `.keras` file), whose layers named `stage{i}_out` are returned in order.
+        source: An ImageNet source or network name accepted by `load_source` (not a
+            file path), or a loaded model (e.g. from a `.keras` file), whose layers
+            named `stage{i}_out` are returned in order.
 
     Raises:
         ValueError: when the source has no `stage{i}_out` layers; choose taps from the

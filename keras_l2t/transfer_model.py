@@ -562,8 +562,10 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
     def meta_gradient(self, x, y, second_order: bool = True):
         """d L_org(theta_{T+1}) / d phi at the current state, changing nothing.
 
-        The lookahead starts from the current theta, momentum buffers and learning rate,
-        as it does right after the real step of `train_step`.
+        The lookahead starts from the current theta, momentum buffers and learning rate.
+        Right after a `train_step` that is where its own lookahead started, except the
+        rate: `train_step` replays the rate of the real step it took, which a schedule
+        may have moved on since (by one iteration).
 
         Args:
             x: Input batch.
