@@ -42,24 +42,33 @@ class ExperimentData:
         return load_dataset(**self._kwargs, shuffle_seed=seed).train.take(self.steps_per_epoch)
 
 
-def load_data(config: ExperimentConfig, *, num_replicas: int = 1, train_indices=None,
-              samples_per_class=None, val_fraction=None, batch_size=None) -> ExperimentData:
-    """Loads the config's dataset (or, with the overrides, the source-pretraining data).
+def load_data(config: ExperimentConfig, *, num_replicas: int = 1,
+              source_pretraining: bool = False) -> ExperimentData:
+    """Loads the config's dataset.
 
     Args:
         config: The experiment config.
         num_replicas: Replicas in sync; the batch must divide by it.
-        train_indices, samples_per_class, val_fraction, batch_size: Overrides of
-            the config's values ("all" train indices, 0 samples per class: no limit).
+        source_pretraining: Load the data of the cached source's pretraining instead:
+            `--source_pretrain_indices` of the train split (all of it by default), all
+            its examples per class, no validation, `--source_pretrain_batch_size`.
 
     Raises:
-        ExperimentError: for missing data, bad sizes or a batch the replicas cannot split.
+        ExperimentError: for missing data, bad sizes or a batch the replicas cannot split,
+            naming the flag to change.
     """
     spec = get_spec(config.dataset)
-    batch = batch_size or config.batch_size or spec.batch_size
+    if source_pretraining:
+        batch_flag, batch = "--source_pretrain_batch_size", config.source_pretrain_batch_size
+        indices_flag, indices = "source_pretrain_indices", config.source_pretrain_indices
+        samples_per_class, val_fraction = None, 0.0
+    else:
+        batch_flag, batch = "--batch_size", config.batch_size or spec.batch_size
+        indices_flag, indices = "train_indices", config.train_indices
+        samples_per_class, val_fraction = config.samples_per_class, config.val_fraction
     if batch % num_replicas:
         raise ExperimentError(
-            f"--batch_size={batch} does not divide by the {num_replicas} replicas; use a "
+            f"{batch_flag}={batch} does not divide by the {num_replicas} replicas; use a "
             f"multiple of {num_replicas}, e.g. {num_replicas * max(1, batch // num_replicas)}."
         )
     drop_remainder = num_replicas > 1
@@ -71,12 +80,9 @@ def load_data(config: ExperimentConfig, *, num_replicas: int = 1, train_indices=
         name=config.dataset,
         source=source,
         split_seed=config.split_seed,
-        val_fraction=config.val_fraction if val_fraction is None else val_fraction,
-        samples_per_class=(config.samples_per_class if samples_per_class is None
-                           else samples_per_class or None),
-        train_indices=(parse_range("train_indices", config.train_indices)
-                       if train_indices is None
-                       else None if train_indices == "all" else train_indices),
+        val_fraction=val_fraction,
+        samples_per_class=samples_per_class,
+        train_indices=parse_range(indices_flag, indices),
         image_size=config.image_size,
         batch_size=batch,
         eval_batch_size=config.eval_batch_size or batch,
@@ -85,12 +91,14 @@ def load_data(config: ExperimentConfig, *, num_replicas: int = 1, train_indices=
     try:
         splits = load_dataset(**kwargs, shuffle_seed=epoch_seed(config.seed, 0))
     except (FileNotFoundError, ValueError) as error:
-        raise ExperimentError(f"--dataset={config.dataset}: {error}".replace("\n", " ")) from None
+        message = str(error).replace("train_indices", f"--{indices_flag}")
+        raise ExperimentError(f"--dataset={config.dataset}: {message}".replace("\n", " ")
+                              ) from None
     rounding = math.floor if drop_remainder else math.ceil
     steps = rounding(splits.num_train / batch)
     if steps < 1:
         raise ExperimentError(
-            f"--batch_size={batch} is larger than the {splits.num_train} training examples; "
+            f"{batch_flag}={batch} is larger than the {splits.num_train} training examples; "
             "lower it."
         )
     if config.max_steps_per_epoch:

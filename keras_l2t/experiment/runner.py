@@ -142,6 +142,8 @@ def _run_transfer(config: ExperimentConfig, strategy: Strategy) -> dict:
         # Builds the compiled metrics now, outside any replica context.
         sample = next((splits.val if splits.num_val else data.train(0)).as_numpy_iterator())
         model._symbolic_build(data_batch=sample)
+    pretraining = (source_stage.pretraining_data(config, strategy)
+                   if models.needs_pretraining(config) else None)
 
     # --- Every check passed: from here on the work directory is written. ---
     if config.overwrite and chief:
@@ -151,7 +153,7 @@ def _run_transfer(config: ExperimentConfig, strategy: Strategy) -> dict:
         work_dir.write_json_atomic(work_dir.path(config.work_dir, work_dir.CONFIG),
                                    config.to_dict())
     if models.needs_pretraining(config):
-        source_stage.cached_source(config, strategy, model.source, splits.test)
+        source_stage.cached_source(config, strategy, model.source, pretraining, splits.test)
 
     checkpoint_dir = work_dir.path(config.work_dir, work_dir.CHECKPOINTS)
     scratch = None if chief else tempfile.mkdtemp(prefix="l2t_worker_")

@@ -9,8 +9,8 @@ import keras
 import tensorflow as tf
 
 from keras_l2t.experiment import models, work_dir
-from keras_l2t.experiment.config import ExperimentConfig, parse_range
-from keras_l2t.experiment.data import load_data
+from keras_l2t.experiment.config import ExperimentConfig
+from keras_l2t.experiment.data import ExperimentData, load_data
 from keras_l2t.experiment.loop import evaluate, interactive
 from keras_l2t.experiment.strategy import Strategy
 from keras_l2t.source_pretraining import SOURCE_FILE_NAME, pretrain_source
@@ -20,28 +20,38 @@ def _verbose(config: ExperimentConfig) -> int:
     return 1 if interactive(config.progress) else 2
 
 
-def cached_source(config: ExperimentConfig, strategy: Strategy,
-                  source: keras.Model, test_ds: tf.data.Dataset | None) -> str:
+def _source_file(config: ExperimentConfig) -> str:
+    return os.path.join(work_dir.path(config.work_dir, work_dir.SOURCE), SOURCE_FILE_NAME)
+
+
+def pretraining_data(config: ExperimentConfig, strategy: Strategy) -> ExperimentData | None:
+    """The data the cached source will pretrain on; None when it is pretrained already.
+
+    Called before the work directory is written, so that a bad `--source_pretrain_*`
+    flag fails with nothing written.
+    """
+    if os.path.exists(_source_file(config)) and not config.overwrite:
+        return None
+    return load_data(config, num_replicas=strategy.num_replicas_in_sync,
+                     source_pretraining=True)
+
+
+def cached_source(config: ExperimentConfig, strategy: Strategy, source: keras.Model,
+                  data: ExperimentData | None, test_ds: tf.data.Dataset | None) -> str:
     """Pretrains the config's source network once (cached) and loads it into `source`.
 
-    The source trains on `--source_pretrain_indices` of `--dataset` (all classes, no
-    sample limit), `--source_pretrain_epochs` epochs, with the library's recipe
-    (`keras_l2t.source_pretraining`). The file is `<work_dir>/source/source.keras`;
-    an interrupted pretraining resumes, a finished one is reused.
+    The source trains on `data` (`pretraining_data`: `--source_pretrain_indices` of
+    `--dataset`, all classes, no sample limit), `--source_pretrain_epochs` epochs, with
+    the library's recipe (`keras_l2t.source_pretraining`). The file is
+    `<work_dir>/source/source.keras`; an interrupted pretraining resumes, a finished one
+    is reused (then `data` is None).
 
     Returns:
         The path of the pretrained source file.
     """
-    directory = work_dir.path(config.work_dir, work_dir.SOURCE)
-    path = os.path.join(directory, SOURCE_FILE_NAME)
+    path = _source_file(config)
+    directory = os.path.dirname(path)
     if not os.path.exists(path):
-        data = load_data(
-            config, num_replicas=strategy.num_replicas_in_sync,
-            train_indices=parse_range("source_pretrain_indices",
-                                      config.source_pretrain_indices) or "all",
-            samples_per_class=0, val_fraction=0.0,
-            batch_size=config.source_pretrain_batch_size,
-        )
         print(f"Pretraining the source {config.source} on {data.splits.num_train} images "
               f"for {config.source_pretrain_epochs} epochs (cached in {directory}).",
               flush=True)

@@ -51,6 +51,8 @@ def _config(work_dir, fashion_dir, source_file, **overrides) -> ExperimentConfig
          "--pair_weight_activation='bogus' is not one of relu6, relu, relu_avg, constant"),
         (dict(image_size=2, method="scratch"), "Network 'cnn_3_4' cannot take 2-px images"),
         (dict(image_size=16), "takes 8x8 images, not --image_size=16; pass --image_size=8"),
+        (dict(source="cnn_4_6", source_pretrain_epochs=1, source_pretrain_indices="0:999"),
+         "--source_pretrain_indices must lie in [0, 60)"),
     ],
 )
 def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, fashion_dir, source_file,

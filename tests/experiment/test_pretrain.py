@@ -41,3 +41,7 @@ def test_transfer_pretrains_its_source_once_and_caches_it(tmp_path, fashion_dir,
     run_experiment(ExperimentConfig(**{**config.to_dict(), "work_dir": str(second)}))
     out = capsys.readouterr().out
     assert "Pretraining the source" not in out and "Source cnn_4_4: test accuracy" in out
+    # --overwrite deletes the cached source with the rest, so it pretrains again.
+    run_experiment(ExperimentConfig(**{**config.to_dict(), "work_dir": str(second),
+                                       "overwrite": True}))
+    assert "Pretraining the source cnn_4_4 on 30 images" in capsys.readouterr().out
