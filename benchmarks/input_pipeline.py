@@ -8,7 +8,7 @@ parallel map, batch 64, prefetch), and reports images per second of the train pi
 of the eval pipeline, and of the train pipeline with ``antialias=False``. With
 ``--step_model resnet18`` it also times a plain ResNet-18 SGD step on the same batches,
 the cheapest training step there is (an L2T-ww iteration costs about 15 times more,
-DESIGN.md fact 14): the pipeline is not the bottleneck while its rate exceeds the step's.
+see docs/benchmarks.md): the pipeline is not the bottleneck while its rate exceeds the step's.
 
 Usage:
     python benchmarks/input_pipeline.py                     # defaults below

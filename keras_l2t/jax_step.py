@@ -4,7 +4,7 @@ Keras' JAX trainer calls `train_step(state, data)` with the values of every vari
 and expects the new values back (`jax_state.MetaOptimizerInJaxState` adds the
 meta-optimizer's variables to the optimizer's). The model's own methods read and write
 variables as usual; a `keras.StatelessScope` maps each variable to its value in the
-state, so they run unchanged on traced values. The blocks of METHOD.md:
+state, so they run unchanged on traced values. The blocks of the authors' iteration:
 
 1. real step: `jax.value_and_grad` of L_org + L_wfm in theta (phi held fixed), then
    `optimizer.stateless_apply`; the batch-norm statistics come back from the scope;

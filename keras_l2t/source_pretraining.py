@@ -1,7 +1,7 @@
 """Training a source network ourselves: ResNet-32 on Tiny ImageNet for the 32-px setting.
 
 The authors trained their ResNet-32 source with SGD, learning rate 0.1 decayed x0.1 at
-50% and 75% of the epochs, batch 128 (METHOD.md). `pretrain_source` runs that recipe
+50% and 75% of the epochs, batch 128. `pretrain_source` runs that recipe
 with momentum 0.9 and PyTorch-style (coupled) weight decay 1e-4
 (`keras_l2t.optimizers.CoupledSGD`, as `torch.optim.SGD`), the CIFAR ResNet
 recipe of He et al. (CVPR 2016), whose decays at 32k and 48k of 64k iterations are the

@@ -12,16 +12,16 @@ outputs logits. It can come from:
     paper's ResNet-34 numbers. A ResNet-34 converted elsewhere can be used as
     `load_source("resnet34", weights=PATH, num_classes=1000)`.
     Keras' ImageNet ResNets expect "caffe" inputs (BGR, 0-255, mean subtracted); the
-    project feeds every network ImageNet mean/std-normalised RGB (METHOD.md), so the
-    loaded source starts with a frozen 1x1 convolution, `imagenet_to_caffe`, that
-    converts one into the other exactly.
+    project feeds every network ImageNet mean/std-normalised RGB (as the authors' code
+    does), so the loaded source starts with a frozen 1x1 convolution,
+    `imagenet_to_caffe`, that converts one into the other exactly.
 (b) A local file: a `.keras` model (any functional model), or a weights file for a
     named architecture (the Keras ImageNet `.h5` file, or a `.weights.h5`).
 (c) A source trained by this project (`keras_l2t.source_pretraining.pretrain_source`
     writes a `.keras` file that `load_source(path)` loads).
 
 Offline, a failed download raises `SourceWeightsUnavailable`, whose message names the
-file to fetch elsewhere and the argument that takes a local path (DESIGN.md fact 10).
+file to fetch elsewhere and the argument that takes a local path.
 """
 
 from __future__ import annotations
@@ -312,7 +312,7 @@ def _download(
             file_hash=spec.hashes[0 if include_top else 1],
             cache_dir=cache_dir,
         )
-    # keras.utils.get_file raises a plain Exception offline (DESIGN.md fact 10).
+    # keras.utils.get_file raises a plain Exception offline.
     except Exception as error:
         cache = os.path.join(cache_dir or os.path.join("~", ".keras"), "models", file_name)
         raise SourceWeightsUnavailable(

@@ -1,6 +1,6 @@
 """One L2T-ww training iteration on TensorFlow: the only module with tapes and tf.distribute.
 
-Each block maps to METHOD.md, "One training iteration":
+Each block maps to a step of the authors' training iteration (alinlab/L2T-ww):
 
 1. real step: theta <- optimizer step on L_org + L_wfm, phi held fixed;
 2. lookahead: from the new theta, T steps on L_wfm, then one on L_org, each replaying

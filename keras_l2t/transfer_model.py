@@ -66,7 +66,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
     For every (source layer m, target layer n) pair it owns a 1x1 adapter (part of the
     target's parameters theta) and, depending on `method`, a "what" meta-network (channel
     weights) and a "where" meta-network (pair weight), whose variables phi are trained by
-    the meta-gradient of METHOD.md. The baselines of the paper's table are selected by
+    the meta-gradient of the paper. The baselines of the paper's table are selected by
     `method` too (see `keras_l2t.methods.METHODS`). `call()` is the target's forward
     alone, so `predict`, `evaluate` and `export` see only the target.
 

@@ -21,7 +21,7 @@ if os.environ.get("KERAS_BACKEND") == "jax":
 
 import tensorflow as tf  # noqa: E402
 
-# Must run before TensorFlow initialises its devices (DESIGN.md fact 8).
+# Must run before TensorFlow initialises its devices.
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2

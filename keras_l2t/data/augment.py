@@ -1,4 +1,4 @@
-"""Per-example preprocessing and augmentation, as METHOD.md gives them, in TF ops.
+"""Per-example preprocessing and augmentation, as in the authors' code, in TF ops.
 
 224-px style ("resized_crop"): train = random resized crop (area 8-100%, aspect 3/4-4/3)
 + horizontal flip; eval = resize the shorter side to 256 (for 224) and centre crop.
@@ -31,7 +31,7 @@ AUGMENTATIONS = (RESIZED_CROP, PAD_CROP)
 
 
 def default_augmentation(image_size: int) -> str:
-    """The METHOD.md style for an output size: ``pad_crop`` below 64 px, else ``resized_crop``."""
+    """The authors' style for an output size: ``pad_crop`` below 64 px, else ``resized_crop``."""
     return PAD_CROP if image_size < 64 else RESIZED_CROP
 
 

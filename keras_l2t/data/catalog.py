@@ -11,7 +11,7 @@ FASHION_MNIST = "fashion_mnist"
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-    """How to load one named dataset, and its METHOD.md defaults.
+    """How to load one named dataset, and its defaults in the authors' code.
 
     Attributes:
         name: the name `load_dataset` takes.

@@ -135,7 +135,7 @@ def load_dataset(
     Validation is a class-balanced ``val_fraction`` of the official train split, chosen
     by ``split_seed`` (same seed, same split, on every machine); test is the official test
     split. Train batches are shuffled and augmented, val/test batches are not
-    (METHOD.md: 224 px random resized crop + flip, eval resize 256 / centre crop 224;
+    (authors' code: 224 px random resized crop + flip, eval resize 256 / centre crop 224;
     32 px pad 4 + random crop + flip). Images are float32, normalised with the ImageNet
     mean and std, RGB; labels are int32.
 

@@ -2,8 +2,9 @@
 
 Every builder returns a flat functional `keras.Model` whose output is logits (no
 softmax) and whose BatchNorm layers use exact second-order moments by default
-(DESIGN.md fact 1). Feature taps are addressed by layer name (`default_taps(name)`),
-and `feature_extractor` turns any functional model into one returning them.
+(see `keras_l2t.exact_batch_norm`). Feature taps are addressed by layer name
+(`default_taps(name)`), and `feature_extractor` turns any functional model into one
+returning them.
 
 | name     | style             | input       | default taps                 |
 | -------- | ----------------- | ----------- | ---------------------------- |
@@ -57,8 +58,8 @@ def build_network(
         input_shape: (height, width, 3); the builder's default (224 or 32 px) if None.
         weights: Optional `.weights.h5` (or `.keras`) file saved from the same
             architecture, loaded into the new model.
-        exact_batch_norm: Switch BatchNorm to exact second-order moments (DESIGN.md
-            fact 1). Keep True for a target network.
+        exact_batch_norm: Switch BatchNorm to exact second-order moments (see
+            `keras_l2t.exact_batch_norm`). Keep True for a target network.
 
     Returns:
         A flat functional model with logits output and the taps `default_taps(name)`.

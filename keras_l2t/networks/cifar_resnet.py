@@ -23,7 +23,7 @@ from keras_l2t.networks.common import (
 STAGE_FILTERS = (16, 32, 64)
 BLOCKS_PER_STAGE = 5
 
-# Tap names: the output of the last block of each stage (METHOD.md, 32-px setting).
+# Tap names: the output of the last block of each stage (the paper's 32-px setting).
 CIFAR_RESNET_TAPS = ("stage1_out", "stage2_out", "stage3_out")
 
 
@@ -38,8 +38,8 @@ def resnet32(
     Args:
         num_classes: Number of output logits (200 for the Tiny ImageNet source).
         input_shape: (height, width, 3); 32 x 32 in the paper.
-        exact_batch_norm: Switch BatchNorm to exact second-order moments (DESIGN.md
-            fact 1). Keep True for a target network.
+        exact_batch_norm: Switch BatchNorm to exact second-order moments (see
+            `keras_l2t.exact_batch_norm`). Keep True for a target network.
         name: Model name.
 
     Returns:

@@ -82,7 +82,7 @@ def classification_head(
 
 
 def finish_target(model: keras.Model, exact_batch_norm: bool) -> keras.Model:
-    """Switches the model's BatchNorm to exact moments (DESIGN.md fact 1) when asked."""
+    """Switches the model's BatchNorm to exact moments (`keras_l2t.exact_batch_norm`) when asked."""
     if exact_batch_norm:
         make_batch_norm_exact(model)
     return model

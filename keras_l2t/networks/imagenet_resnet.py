@@ -3,7 +3,7 @@
 This is the only module of keras-l2t that imports keras-cv (lazily, when a network
 is built, so the 32-px networks do not need it): the backbone is keras-cv's
 `ResNetBackbone` built from its config arguments (no preset, so no network access,
-DESIGN.md fact 12). The returned model is a flat functional `keras.Model` of plain
+which presets need). The returned model is a flat functional `keras.Model` of plain
 Keras layers: saving it to `.keras` and loading it back does not need keras-cv, and
 swapping keras-cv for keras-hub later only touches this file.
 
@@ -35,7 +35,7 @@ STAGE_BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 STAGE_FILTERS = (64, 128, 256, 512)
 
 # Tap names: the output of each stage (after the last block's ReLU). The stem is not
-# a tap (METHOD.md: 4 x 4 stage outputs, stem excluded).
+# a tap (the paper's 224-px setting: 4 x 4 stage outputs, stem excluded).
 IMAGENET_RESNET_TAPS = ("stage1_out", "stage2_out", "stage3_out", "stage4_out")
 
 
@@ -51,8 +51,8 @@ def resnet18(
         num_classes: Number of output logits.
         input_shape: (height, width, 3); 224 x 224 in the paper. Inputs are expected
             normalised with the ImageNet mean and std (no rescaling inside).
-        exact_batch_norm: Switch BatchNorm to exact second-order moments (DESIGN.md
-            fact 1). Keep True for a target network.
+        exact_batch_norm: Switch BatchNorm to exact second-order moments (see
+            `keras_l2t.exact_batch_norm`). Keep True for a target network.
         name: Model name.
 
     Returns:

@@ -20,8 +20,8 @@ def load_network(path: str | os.PathLike, exact_batch_norm: bool = True) -> kera
     Args:
         path: A `.keras` file (the Keras 3 format). For a `.weights.h5` file, build the
             architecture with `build_network(name, ..., weights=path)` instead.
-        exact_batch_norm: Switch BatchNorm to exact second-order moments (DESIGN.md
-            fact 1). Keep True for a target network.
+        exact_batch_norm: Switch BatchNorm to exact second-order moments (see
+            `keras_l2t.exact_batch_norm`). Keep True for a target network.
 
     Returns:
         The model, loaded without its optimizer (`compile=False`).

@@ -24,7 +24,7 @@ from keras_l2t.networks.common import (
 # Convolution widths per stage; each stage ends with a 2x2 max-pool.
 STAGE_WIDTHS = ((64,), (128,), (256, 256), (512, 512), (512, 512))
 
-# Tap names: the tensor entering each of the five max-pools (METHOD.md).
+# Tap names: the tensor entering each of the five max-pools (as in the paper).
 VGG9_TAPS = ("stage1_out", "stage2_out", "stage3_out", "stage4_out", "stage5_out")
 
 
@@ -39,8 +39,8 @@ def vgg9(
     Args:
         num_classes: Number of output logits (100 for CIFAR-100, 10 for STL-10).
         input_shape: (height, width, 3), at least 32 x 32 (five 2x2 max-pools).
-        exact_batch_norm: Switch BatchNorm to exact second-order moments (DESIGN.md
-            fact 1). Keep True for a target network.
+        exact_batch_norm: Switch BatchNorm to exact second-order moments (see
+            `keras_l2t.exact_batch_norm`). Keep True for a target network.
         name: Model name.
 
     Returns:

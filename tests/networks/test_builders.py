@@ -132,14 +132,14 @@ def test_taps_flat_logits_and_exact_batch_norm(name):
     assert set(taps) <= top_level
     assert not any(isinstance(layer, keras.Model) for layer in model.layers)
     assert [tuple(model.get_layer(t).output.shape)[1:] for t in taps] == TAP_SHAPES[name]
-    # Taps are ReLU outputs (METHOD.md: block outputs after the ReLU).
+    # Taps are ReLU outputs (as in the authors' code: block outputs after the ReLU).
     for tap in taps:
         assert model.get_layer(tap).get_config()["activation"] == "relu"
     # Logits: a Dense without activation, one output.
     assert model.layers[-1].name == "logits"
     assert model.layers[-1].get_config()["activation"] == "linear"
     assert tuple(model.output.shape) == (None, 10)
-    # A target is exact by default (DESIGN.md fact 1), and only on request not.
+    # A target is exact by default (see `keras_l2t.exact_batch_norm`), and only on request not.
     assert is_batch_norm_exact(model)
     # Keras' stock BN is inexact in second order on TensorFlow only.
     stock_is_exact = keras.backend.backend() != "tensorflow"

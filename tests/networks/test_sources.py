@@ -24,7 +24,7 @@ def _normalise(raw: np.ndarray) -> np.ndarray:
 
 
 def _offline_get_file(fname=None, origin=None, **kwargs):
-    # What keras.utils.get_file raises offline (DESIGN.md fact 10).
+    # What keras.utils.get_file raises offline.
     raise Exception(f"URL fetch failure on {origin}: None -- [Errno -2] Name or service not known")
 
 
