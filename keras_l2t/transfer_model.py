@@ -535,7 +535,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         writes its moving average into phi, as Keras' fit does for the optimizer and
         the trainable weights."""
         history = super().fit(*args, **kwargs)
-        if self.phi_variables and int(self.meta_optimizer.iterations) > 0:
+        if self.meta_optimizer.use_ema and self.phi_variables and history.epoch:
             self.meta_optimizer.finalize_variable_values(self.phi_variables)
         return history
 
