@@ -117,12 +117,27 @@ def make_strategy(name: str) -> Strategy:
             '"task": {"type": "worker", "index": 0}}) on every worker.'
         )
     try:
-        json.loads(tf_config)["cluster"]
+        config = json.loads(tf_config)
+        config["cluster"]
     except (ValueError, KeyError, TypeError):
         raise ExperimentError(
             f"TF_CONFIG is not JSON with a 'cluster' entry: {tf_config!r}."
         ) from None
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except tf.errors.UnknownError as error:
+        if "Could not start gRPC server" not in str(error):
+            raise
+        task = config.get("task", {})
+        try:
+            address = config["cluster"][task["type"]][task["index"]]
+        except (KeyError, IndexError, TypeError):
+            address = "this task's address"
+        raise ExperimentError(
+            f"--strategy=multi_worker: this worker could not listen on {address} (TF_CONFIG "
+            f"task {task.get('type')} {task.get('index')}); another process may hold the "
+            "port. Choose a free port for it in TF_CONFIG, on every worker."
+        ) from None
 
 
 def _jax_strategy(name: str) -> JaxStrategy:

@@ -11,7 +11,7 @@ import sys
 
 import keras
 import pytest
-from experiment_helpers import ROOT, TRAIN, load_json, tiny_flags
+from experiment_helpers import ROOT, TRAIN, load_json, run_train, tiny_flags
 
 
 def _free_ports(count: int) -> list[int]:
@@ -60,3 +60,24 @@ def test_two_workers_finish_with_identical_weights(tmp_path, fashion_dir, source
         assert len(f.read().splitlines()) == 2
     assert sorted(os.listdir(os.path.join(work_dir, "checkpoints"))) == [
         "epoch_1.weights.h5", "state.json"]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="--strategy=multi_worker is TensorFlow's MultiWorkerMirroredStrategy")
+def test_a_worker_port_in_use_is_one_clear_error(tmp_path, fashion_dir, source_file):
+    work_dir = str(tmp_path / "run")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        tf_config = {"cluster": {"worker": [address, f"127.0.0.1:{_free_ports(1)[0]}"]},
+                     "task": {"type": "worker", "index": 0}}
+        process = run_train(tiny_flags(work_dir, fashion_dir, source_file,
+                                       strategy="multi_worker"),
+                            env={"TF_CONFIG": json.dumps(tf_config)}, timeout=120)
+    assert process.returncode == 2, process.stderr[-3000:]
+    assert process.stderr.strip().splitlines()[-1] == (
+        f"error: --strategy=multi_worker: this worker could not listen on {address} "
+        "(TF_CONFIG task worker 0); another process may hold the port. Choose a free port "
+        "for it in TF_CONFIG, on every worker.")
+    assert not os.path.exists(work_dir)
