@@ -21,6 +21,8 @@ import tensorflow as tf
 from keras_l2t.optimizers import CoupledSGD
 
 SOURCE_FILE_NAME = "source.keras"
+HISTORY_FILE_NAME = "history.csv"
+BACKUP_DIR_NAME = "backup"  # BackupAndRestore's state while a pretraining runs
 
 
 def step_decay(
@@ -100,8 +102,8 @@ def pretrain_source(
         keras.callbacks.LearningRateScheduler(
             lambda epoch: step_decay(epoch, epochs, learning_rate, milestones)
         ),
-        keras.callbacks.BackupAndRestore(os.path.join(work_dir, "backup")),
-        keras.callbacks.CSVLogger(os.path.join(work_dir, "history.csv"), append=True),
+        keras.callbacks.BackupAndRestore(os.path.join(work_dir, BACKUP_DIR_NAME)),
+        keras.callbacks.CSVLogger(os.path.join(work_dir, HISTORY_FILE_NAME), append=True),
     ]
     model.fit(
         train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, shuffle=False,

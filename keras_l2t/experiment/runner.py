@@ -164,7 +164,8 @@ def _run_transfer(config: ExperimentConfig, strategy: Strategy) -> dict:
     pictures = None
     if log is not None:
         log.truncate(start)
-        pictures = PictureLog(model, sample[0], log, os.path.join(config.work_dir, "pictures"))
+        pictures = PictureLog(model, sample[0], log,
+                              work_dir.path(config.work_dir, work_dir.PICTURES))
     _log(f"{config.method}: {config.source or '-'} -> {config.target} on {config.dataset} "
          f"({splits.num_train} train / {splits.num_val} val / {splits.num_test} test, "
          f"{splits.num_classes} classes, {len(model.pairs)} pairs), "

@@ -9,6 +9,10 @@
     <work_dir>/results.json         final results (written last)
     <work_dir>/target.keras         the trained target (best epoch)
     <work_dir>/export/              SavedModel of the target, uint8-image signature
+    <work_dir>/pictures/            L2T-ww's learned weights as PNG files
+
+`--mode=pretrain_source` writes config.json, results.json and, from
+`keras_l2t.source_pretraining`, source.keras, history.csv and backup/ (while it runs).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import shutil
 import tempfile
 
+from keras_l2t import source_pretraining
 from keras_l2t.experiment.errors import ExperimentError
 
 CONFIG = "config.json"
@@ -28,6 +33,15 @@ CHECKPOINTS = "checkpoints"
 SOURCE = "source"
 TARGET = "target.keras"
 EXPORT = "export"
+PICTURES = "pictures"
+
+# Everything train.py writes at the top of a work directory; `clear` deletes only these.
+OUTPUTS = frozenset({
+    CONFIG, RESULTS, LOG, TENSORBOARD, CHECKPOINTS, SOURCE, TARGET, EXPORT, PICTURES,
+    source_pretraining.SOURCE_FILE_NAME, source_pretraining.HISTORY_FILE_NAME,
+    source_pretraining.BACKUP_DIR_NAME,
+})
+_TEMPORARY_PREFIXES = (".tmp_", ".write_probe")  # write_json_atomic, check_writable
 # Keys every experiment's config.json has: how `clear` recognises one.
 EXPERIMENT_KEYS = frozenset({"mode", "dataset", "target", "method", "work_dir", "seed"})
 
@@ -110,7 +124,18 @@ def check_clearable(work_dir: str) -> None:
 
 
 def clear(work_dir: str) -> None:
-    """Deletes an earlier experiment (see `check_clearable`, which it runs first)."""
+    """Deletes an earlier experiment's files (`OUTPUTS`), leaving any other file in the
+    folder alone; `check_clearable` runs first. config.json goes last, so an interrupted
+    clear leaves a folder that is still an experiment, which `--overwrite` clears again.
+    """
     check_clearable(work_dir)
-    if holds_experiment(work_dir):
-        shutil.rmtree(work_dir)
+    if not holds_experiment(work_dir):
+        return
+    names = [n for n in os.listdir(work_dir)
+             if n in OUTPUTS - {CONFIG} or n.startswith(_TEMPORARY_PREFIXES)]
+    for name in [*names, CONFIG]:
+        full = path(work_dir, name)
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full)
+        else:
+            os.remove(full)

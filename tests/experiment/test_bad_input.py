@@ -125,6 +125,25 @@ def test_overwrite_deletes_only_an_experiment_and_only_after_the_checks(
     assert (earlier / "source.keras").exists()
 
 
+def test_overwrite_deletes_what_train_py_wrote_and_keeps_the_users_files(
+    tmp_path, fashion_dir, source_file
+):
+    run = tmp_path / "run"
+    work_dir.write_json_atomic(str(run / "config.json"),
+                               _config(run, fashion_dir, source_file).to_dict())
+    for name in ("log.csv", "target.keras", "results.json", "source.keras", ".tmp_x"):
+        (run / name).write_text("train.py's")
+    for name in ("checkpoints", "export", "pictures", "source", "tensorboard", "backup"):
+        (run / name).mkdir()
+        (run / name / "file").write_text("train.py's")
+    (run / "notes.txt").write_text("the user's")
+    (run / "my_data").mkdir()
+    (run / "my_data" / "labels.csv").write_text("the user's")
+    work_dir.clear(str(run))
+    assert sorted(p.name for p in run.iterdir()) == ["my_data", "notes.txt"]
+    assert (run / "my_data" / "labels.csv").read_text() == "the user's"
+
+
 def test_work_dir_json_files_follow_the_umask(tmp_path):
     previous = os.umask(0o022)
     try:
