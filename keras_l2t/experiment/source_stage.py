@@ -55,6 +55,9 @@ def cached_source(config: ExperimentConfig, strategy: Strategy, source: keras.Mo
         print(f"Pretraining the source {config.source} on {data.splits.num_train} images "
               f"for {config.source_pretrain_epochs} epochs (cached in {directory}).",
               flush=True)
+        # Seeded here, so the source does not depend on what the run built before it
+        # (the target and the method's modules): every method gets the same source.
+        keras.utils.set_random_seed(config.seed)
         with strategy.scope():
             network = models.build_network(
                 config.source, config.source_num_classes or data.splits.num_classes,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import keras
+import numpy as np
 from experiment_helpers import load_json
 
 from keras_l2t.experiment import ExperimentConfig, run_experiment
@@ -41,7 +43,12 @@ def test_transfer_pretrains_its_source_once_and_caches_it(tmp_path, fashion_dir,
     run_experiment(ExperimentConfig(**{**config.to_dict(), "work_dir": str(second)}))
     out = capsys.readouterr().out
     assert "Pretraining the source" not in out and "Source cnn_4_4: test accuracy" in out
-    # --overwrite deletes the cached source with the rest, so it pretrains again.
+    # --overwrite deletes the cached source with the rest, so it pretrains again; another
+    # method (other modules built before the source) gets the same source.
     run_experiment(ExperimentConfig(**{**config.to_dict(), "work_dir": str(second),
-                                       "overwrite": True}))
+                                       "overwrite": True, "method": "fm"}))
     assert "Pretraining the source cnn_4_4 on 30 images" in capsys.readouterr().out
+    again = keras.saving.load_model(second / "source" / "source.keras", compile=False)
+    first = keras.saving.load_model(cached, compile=False)
+    for a, b in zip(again.get_weights(), first.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
