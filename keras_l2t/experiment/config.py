@@ -68,7 +68,9 @@ class ExperimentConfig:
     source_layers: list[str] | None = _field(None, "Source tap layers; default its stages.")
     source_pretrain_epochs: int = _field(0, "Pretrain a network-name --source first, on "
                                          "--source_pretrain_indices of --dataset (cached "
-                                         "in <work_dir>/source).")
+                                         "in <work_dir>/source), with --learning_rate, "
+                                         "--momentum and --weight_decay (x0.1 at 50% and "
+                                         "75% of its epochs).")
     source_pretrain_indices: str | None = _field(None, "START:STOP train positions for "
                                                  "the source pretraining.")
     source_pretrain_batch_size: int = _field(128, "Batch size of the source pretraining.")
