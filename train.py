@@ -79,7 +79,8 @@ def main(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> int:
     """Runs the experiment of the parsed flags; returns the exit code.
 
     Exit codes: 0 done (or already finished), 1 source weights unavailable, 2 bad input
-    (one `error:` line naming the fix), 3 the loss became NaN or infinite.
+    (one `error:` line naming the fix), 3 the loss became NaN or infinite, 130
+    interrupted (Ctrl-C; the finished epochs are kept).
     """
     if len(argv) > 1:
         sys.stderr.write(
@@ -100,6 +101,10 @@ def main(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> int:
     except SourceWeightsUnavailable as error:
         sys.stderr.write(f"error: {error}\n")
         return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("\nInterrupted. Every finished epoch is kept: rerun the same "
+                         "command to resume.\n")
+        return 130
     return 0
 
 

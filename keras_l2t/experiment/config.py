@@ -126,9 +126,12 @@ class ExperimentConfig:
         _one_of("strategy", self.strategy, STRATEGIES)
         _one_of("progress", self.progress, PROGRESS)
         _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        for name in ("dataset", "target", "work_dir"):
-            if not getattr(self, name):
-                raise ExperimentError(f"--{name} is required.")
+        missing = [f"--{n}" for n in ("dataset", "target", "work_dir") if not getattr(self, n)]
+        if missing:
+            raise ExperimentError(
+                f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required "
+                "(or a --flagfile that sets them, e.g. --flagfile=configs/demo.flags)."
+            )
         from keras_l2t.data import get_spec
         from keras_l2t.methods import METHODS
 
@@ -145,19 +148,20 @@ class ExperimentConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ExperimentError(f"--{name} must be >= 1, got {value}.")
-        if self.source_pretrain_epochs < 0 or self.cpu_devices < 0:
-            raise ExperimentError("--source_pretrain_epochs and --cpu_devices must be >= 0.")
+        for name in ("source_pretrain_epochs", "cpu_devices"):
+            if getattr(self, name) < 0:
+                raise ExperimentError(f"--{name} must be >= 0, got {getattr(self, name)}.")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ExperimentError(f"--val_fraction must be in [0, 1), got {self.val_fraction}.")
-        if self.learning_rate <= 0 or self.meta_learning_rate < 0:
-            raise ExperimentError("--learning_rate must be > 0 and --meta_learning_rate >= 0.")
+        if self.learning_rate <= 0:
+            raise ExperimentError(f"--learning_rate must be > 0, got {self.learning_rate}.")
         for name in ("seed", "split_seed"):
             if not 0 <= getattr(self, name) < 2**32:
                 raise ExperimentError(
                     f"--{name} must be in [0, 2**32), got {getattr(self, name)}."
                 )
-        for name in ("beta", "weight_decay", "meta_weight_decay", "attention_beta",
-                     "distillation_weight"):
+        for name in ("meta_learning_rate", "beta", "weight_decay", "meta_weight_decay",
+                     "attention_beta", "distillation_weight"):
             if getattr(self, name) < 0:
                 raise ExperimentError(f"--{name} must be >= 0, got {getattr(self, name)}.")
         if not 0.0 <= self.momentum <= 1.0:

@@ -99,7 +99,8 @@ def _run(config: ExperimentConfig, strategy: Strategy | None) -> dict:
     if config.mode == "pretrain_source":
         results = source_stage.run_pretraining(config, strategy)
         work_dir.write_json_atomic(work_dir.path(config.work_dir, work_dir.RESULTS), results)
-        _log(f"Source pretraining done: test accuracy {results['test_accuracy']}.")
+        _log(f"Source pretraining done: test accuracy {_percent(results['test_accuracy'])}. "
+             f"Use it with --source={results['source_file']}.")
         return results
     return _run_transfer(config, strategy)
 
@@ -226,10 +227,17 @@ def _run_transfer(config: ExperimentConfig, strategy: Strategy) -> dict:
         _write_outputs(config, model, splits.image_size, results)
     elif scratch:
         shutil.rmtree(scratch, ignore_errors=True)
-    _log(f"Test accuracy at the best validation epoch ({results['best_epoch']}): "
-         f"{_percent(results['test_accuracy'])}; at the last epoch: "
-         f"{_percent(results['last_epoch_test_accuracy'])}. Target weights sha1 "
-         f"{results['target_weights_sha1']}.")
+    if splits.num_val:
+        _log(f"Test accuracy at the best validation epoch ({results['best_epoch']}): "
+             f"{_percent(results['test_accuracy'])}; at the last epoch: "
+             f"{_percent(results['last_epoch_test_accuracy'])}.")
+    else:
+        _log(f"No validation set (--val_fraction=0): test accuracy at the last epoch "
+             f"({results['best_epoch']}): {_percent(results['test_accuracy'])}.")
+    _log(f"Target weights sha1 {results['target_weights_sha1']}.")
+    if chief:
+        _log(f"Results in {work_dir.path(config.work_dir, work_dir.RESULTS)}; the target as "
+             f"{work_dir.TARGET} and, for serving, the SavedModel {work_dir.EXPORT}/ there.")
     return results
 
 

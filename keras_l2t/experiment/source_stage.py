@@ -91,6 +91,9 @@ def run_pretraining(config: ExperimentConfig, strategy: Strategy) -> dict:
         work_dir.clear(config.work_dir)
     os.makedirs(config.work_dir, exist_ok=True)
     work_dir.write_json_atomic(work_dir.path(config.work_dir, work_dir.CONFIG), config.to_dict())
+    print(f"Pretraining {config.target} on {config.dataset} ({splits.num_train} train / "
+          f"{splits.num_val} val / {splits.num_test} test, {splits.num_classes} classes, "
+          f"{splits.image_size} px) for {config.epochs} epochs.", flush=True)
     # Under several replicas, fit() would split each validation batch across them, and
     # an uneven last batch fails; validation then runs once at the end, in this process.
     per_epoch_val = splits.val if splits.num_val and strategy.num_replicas_in_sync == 1 else None

@@ -43,6 +43,10 @@ def _config(work_dir, fashion_dir, source_file, **overrides) -> ExperimentConfig
          "/no/such/folder does not exist (or is not a folder). Download mit_indoor67 and lay "
          "it out as docs/data.md shows"),
         (dict(seed=-1), "--seed must be in [0, 2**32), got -1"),
+        (dict(cpu_devices=-1), "--cpu_devices must be >= 0, got -1"),
+        (dict(learning_rate=-1.0), "--learning_rate must be > 0, got -1.0"),
+        (dict(dataset="", target=""), "--dataset and --target are required (or a "
+         "--flagfile that sets them"),
         (dict(split_seed=-1), "--split_seed must be in [0, 2**32), got -1"),
         (dict(momentum=1.5), "--momentum must be in [0, 1], got 1.5"),
         (dict(method="lwf", distillation_temperature=0.0),

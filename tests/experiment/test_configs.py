@@ -79,3 +79,18 @@ def test_unavailable_source_weights_print_only_their_message(monkeypatch, capsys
     assert train.main(["train.py"], values) == 1
     err = capsys.readouterr().err
     assert err == "error: Could not download ...; pass --source_weights=PATH.\n"
+
+
+def test_ctrl_c_prints_one_line_on_how_to_resume(monkeypatch, capsys):
+    train = _train_module()
+    values = flags.FlagValues()
+    train.define_flags(values)
+    values(["train.py", f"--flagfile={os.path.join(ROOT, 'configs', 'demo.flags')}"])
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "run_experiment", interrupted)
+    assert train.main(["train.py"], values) == 130
+    assert capsys.readouterr().err == (
+        "\nInterrupted. Every finished epoch is kept: rerun the same command to resume.\n")

@@ -45,6 +45,11 @@ def test_work_dir_holds_config_logs_checkpoints_and_results(finished_run):
         {"state.json", state["last"], state["best"]})
     assert os.path.exists(os.path.join(work_dir, "target.keras"))
     assert "epoch 3/3" in process.stdout  # one line per epoch when not interactive
+    assert (f"Test accuracy at the best validation epoch ({results['best_epoch']}): "
+            f"{100 * results['test_accuracy']:.2f}%") in process.stdout
+    assert process.stdout.strip().splitlines()[-1] == (
+        f"Results in {work_dir}/results.json; the target as target.keras and, for serving, "
+        "the SavedModel export/ there.")
 
 
 def test_export_serves_uint8_images_in_a_process_without_keras_l2t(finished_run, fashion_dir,

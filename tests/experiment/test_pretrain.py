@@ -12,7 +12,7 @@ from keras_l2t.experiment import ExperimentConfig, run_experiment
 from keras_l2t.sources import load_source
 
 
-def test_pretrain_source_mode_writes_a_loadable_source(tmp_path, fashion_dir):
+def test_pretrain_source_mode_writes_a_loadable_source(tmp_path, fashion_dir, capsys):
     work_dir = str(tmp_path / "source_run")
     results = run_experiment(ExperimentConfig(
         mode="pretrain_source", dataset="fashion_mnist", data_dir=fashion_dir, image_size=8,
@@ -21,13 +21,17 @@ def test_pretrain_source_mode_writes_a_loadable_source(tmp_path, fashion_dir):
     ))
     assert load_json(os.path.join(work_dir, "results.json")) == results
     assert results["source_file"] == os.path.join(work_dir, "source.keras")
+    out = capsys.readouterr().out
+    assert "Pretraining cnn_3_4 on fashion_mnist (50 train / 10 val / 20 test, 10 classes, " \
+        "8 px) for 1 epochs." in out
+    assert f"Use it with --source={results['source_file']}." in out
     source = load_source(results["source_file"])
     assert source.output.shape[-1] == 10 and not source.trainable
 
 
 def test_transfer_pretrains_its_source_once_and_caches_it(tmp_path, fashion_dir, capsys):
     config = ExperimentConfig(
-        dataset="fashion_mnist", data_dir=fashion_dir, image_size=8, val_fraction=0.2,
+        dataset="fashion_mnist", data_dir=fashion_dir, image_size=8, val_fraction=0.0,
         train_indices="30:60", source="cnn_4_4", source_pretrain_epochs=1,
         source_pretrain_indices="0:30", target="cnn_3_4", epochs=1, batch_size=8,
         max_steps_per_epoch=1, work_dir=str(tmp_path / "run"), progress="line",
@@ -36,6 +40,8 @@ def test_transfer_pretrains_its_source_once_and_caches_it(tmp_path, fashion_dir,
     out = capsys.readouterr().out
     cached = tmp_path / "run" / "source" / "source.keras"
     assert "Pretraining the source cnn_4_4 on 30 images" in out and cached.exists()
+    # Without a validation set the run reports the last epoch, and says so.
+    assert "No validation set (--val_fraction=0): test accuracy at the last epoch (1): " in out
     # A second run finding the cached file uses it instead of pretraining again.
     second = tmp_path / "second"
     (second / "source").mkdir(parents=True)
