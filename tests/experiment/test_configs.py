@@ -64,33 +64,30 @@ def test_every_config_field_is_a_flag_with_help():
         assert values[field.name].help == field.metadata["help"]
 
 
-def test_unavailable_source_weights_print_only_their_message(monkeypatch, capsys):
-    from keras_l2t.sources import SourceWeightsUnavailable
-
+def _main_raising(error: BaseException, monkeypatch) -> int:
+    """train.main on the dogs flagfile, with run_experiment raising `error`."""
     train = _train_module()
     values = flags.FlagValues()
     train.define_flags(values)
     values(["train.py", f"--flagfile={os.path.join(ROOT, 'configs', 'dogs.flags')}"])
 
-    def offline(config):
-        raise SourceWeightsUnavailable("Could not download ...; pass --source_weights=PATH.")
+    def run_experiment(config):
+        raise error
 
-    monkeypatch.setattr(train, "run_experiment", offline)
-    assert train.main(["train.py"], values) == 1
+    monkeypatch.setattr(train, "run_experiment", run_experiment)
+    return train.main(["train.py"], values)
+
+
+def test_unavailable_source_weights_print_only_their_message(monkeypatch, capsys):
+    from keras_l2t.sources import SourceWeightsUnavailable
+
+    offline = SourceWeightsUnavailable("Could not download ...; pass --source_weights=PATH.")
+    assert _main_raising(offline, monkeypatch) == 1
     err = capsys.readouterr().err
     assert err == "error: Could not download ...; pass --source_weights=PATH.\n"
 
 
 def test_ctrl_c_prints_one_line_on_how_to_resume(monkeypatch, capsys):
-    train = _train_module()
-    values = flags.FlagValues()
-    train.define_flags(values)
-    values(["train.py", f"--flagfile={os.path.join(ROOT, 'configs', 'demo.flags')}"])
-
-    def interrupted(config):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train, "run_experiment", interrupted)
-    assert train.main(["train.py"], values) == 130
+    assert _main_raising(KeyboardInterrupt(), monkeypatch) == 130
     assert capsys.readouterr().err == (
         "\nInterrupted. Every finished epoch is kept: rerun the same command to resume.\n")
