@@ -131,7 +131,8 @@ def split_train_val(
                 raise ValueError(
                     f"samples_per_class={samples_per_class}, but class {name} has only "
                     f"{len(rest)} training images ({n} in the train split, {n_val} of them "
-                    "held out for validation)."
+                    "held out for validation); lower samples_per_class or val_fraction, or "
+                    "use more of the train split (train_indices)."
                 )
             rest = rest[:samples_per_class]
         val.append(perm[:n_val])

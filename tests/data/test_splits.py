@@ -65,7 +65,9 @@ def test_samples_per_class_is_balanced_nested_and_keeps_validation():
 
 def test_samples_per_class_too_large_names_the_class():
     keys, labels = _data((20, 6, 20))
-    with pytest.raises(ValueError, match=r"class 1 \('b'\) has only 5 training images"):
+    with pytest.raises(ValueError, match=r"class 1 \('b'\) has only 5 training images .*; "
+                       r"lower samples_per_class or val_fraction, or use more of the train "
+                       r"split \(train_indices\)\.$"):
         split_train_val(
             keys, labels, num_classes=3, seed=0, samples_per_class=6, class_names=["a", "b", "c"]
         )
