@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -142,9 +143,9 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         check_source(source)
         self.from_logits = check_target(target)
         check_precision(target)
-        if isinstance(lookahead_steps, bool) or not isinstance(lookahead_steps, int) or (
-            lookahead_steps < 1
-        ):
+        if isinstance(lookahead_steps, bool) or not isinstance(
+            lookahead_steps, numbers.Integral
+        ) or lookahead_steps < 1:
             raise ValueError(f"lookahead_steps must be an integer >= 1, got {lookahead_steps!r}.")
         # Losses, adapters and meta-networks run at the target variables' precision, even
         # when the networks compute in bfloat16.
@@ -156,7 +157,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             if self.method.uses_pairs else []
         )
         self.beta = beta
-        self.lookahead_steps = lookahead_steps
+        self.lookahead_steps = int(lookahead_steps)
         self.pair_weight_activation = pair_weight_activation
         self.meta_weight_decay = meta_weight_decay
         self.attention_beta = attention_beta
