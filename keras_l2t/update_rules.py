@@ -51,14 +51,16 @@ def update_rule_for(optimizer: keras.optimizers.Optimizer,
     """
     _reject_unreplicable_options(optimizer)
     if isinstance(optimizer, CoupledSGD):
-        return _with_constraints(_coupled_sgd_rule(optimizer), variables)
-    if type(optimizer) is keras.optimizers.SGD:
-        return _with_constraints(_keras_sgd_rule(optimizer, variables), variables)
-    raise ValueError(
-        f"The L2T-ww lookahead replays the target optimizer's update exactly and knows "
-        f"the rule of {SUPPORTED}, not {type(optimizer).__name__}. Pass one of those as "
-        "`optimizer=` to compile()."
-    )
+        rule = _coupled_sgd_rule(optimizer)
+    elif type(optimizer) is keras.optimizers.SGD:
+        rule = _keras_sgd_rule(optimizer, variables)
+    else:
+        raise ValueError(
+            f"The L2T-ww lookahead replays the target optimizer's update exactly and knows "
+            f"the rule of {SUPPORTED}, not {type(optimizer).__name__}. Pass one of those "
+            "as `optimizer=` to compile()."
+        )
+    return _with_constraints(rule, variables)
 
 
 def _with_constraints(rule: UpdateRule, variables: Sequence[keras.Variable]) -> UpdateRule:
