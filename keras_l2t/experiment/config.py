@@ -148,9 +148,6 @@ class ExperimentConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ExperimentError(f"--{name} must be >= 1, got {value}.")
-        for name in ("source_pretrain_epochs", "cpu_devices"):
-            if getattr(self, name) < 0:
-                raise ExperimentError(f"--{name} must be >= 0, got {getattr(self, name)}.")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ExperimentError(f"--val_fraction must be in [0, 1), got {self.val_fraction}.")
         if self.learning_rate <= 0:
@@ -160,8 +157,9 @@ class ExperimentConfig:
                 raise ExperimentError(
                     f"--{name} must be in [0, 2**32), got {getattr(self, name)}."
                 )
-        for name in ("meta_learning_rate", "beta", "weight_decay", "meta_weight_decay",
-                     "attention_beta", "distillation_weight"):
+        for name in ("source_pretrain_epochs", "cpu_devices", "meta_learning_rate", "beta",
+                     "weight_decay", "meta_weight_decay", "attention_beta",
+                     "distillation_weight"):
             if getattr(self, name) < 0:
                 raise ExperimentError(f"--{name} must be >= 0, got {getattr(self, name)}.")
         if not 0.0 <= self.momentum <= 1.0:
