@@ -12,6 +12,11 @@ kernel time / span: a low share means the device waits for launches), the time p
 kind of kernel, and the kernels that take the most time. Only events of processes whose
 name contains `--process` count (GPU: "/device:"; on a CPU, "/host:CPU" gives a rough
 view that also holds runtime events).
+
+Where the trace holds XLA's GPU executions on the host ("...:XLA GPU module"), it also
+says how long the host spends in each (launching its kernels and CUDA graphs, with the
+time of graph launches and updates) and between them (Keras' Python work per step). The
+profiler's Python tracing slows the host side, so take those times as upper bounds.
 """
 
 from __future__ import annotations
@@ -107,12 +112,33 @@ def summarize(kernels: list[dict], iterations: int, top: int) -> str:
     return "\n".join(lines)
 
 
+def host_summary(events: list[dict], iterations: int) -> str:
+    """Host time in and between XLA's GPU executions; "" when the trace has none."""
+    spans = sorted((e for e in events if e.get("ph") == "X"
+                    and e["name"].endswith(":XLA GPU module")), key=lambda e: e["ts"])
+    if not spans:
+        return ""
+    inside = sum(e["dur"] for e in spans) / len(spans)
+    gaps = [b["ts"] - a["ts"] - a["dur"] for a, b in zip(spans, spans[1:])]
+    lines = [f"host: {inside / 1e3:.2f} ms in each of {len(spans)} XLA executions"
+             + (f", {sum(gaps) / len(gaps) / 1e3:.2f} ms between them" if gaps else "")]
+    for name, (time_us, count) in totals(events, str):
+        if name.startswith("command_buffer::"):
+            lines.append(f"  {name}: {count / iterations:.0f} per iteration, "
+                         f"{time_us / iterations / 1e3:.2f} ms")
+    return "\n".join(lines)
+
+
 def main(argv):
     if len(argv) != 2:
         raise SystemExit("Usage: python benchmarks/kernel_summary.py PROFILE_DIR [flags]")
-    kernels = kernel_events(read_trace(argv[1]), FLAGS.process)
+    events = read_trace(argv[1])
+    kernels = kernel_events(events, FLAGS.process)
     print(f"trace: {argv[1]}, {FLAGS.iterations} iterations, processes like {FLAGS.process!r}")
     print(summarize(kernels, FLAGS.iterations, FLAGS.top))
+    host = host_summary([e for e in events if e.get("ph") == "X"], FLAGS.iterations)
+    if host:
+        print(host)
 
 
 if __name__ == "__main__":
