@@ -65,8 +65,30 @@ def feature_extractor(
     return keras.Model(inputs, outputs, name=f"{model.name}_features")
 
 
-def feature_map_output(model: keras.Model, name: str) -> keras.KerasTensor:
-    """Returns the symbolic 4-D output of layer `name`, or raises a clear error."""
+class LayerNameError(ValueError):
+    """A layer name that is not a 4-D feature map of its model; the message lists those.
+
+    Attributes:
+        role: The model's role given to `feature_map_output` ("source", "target", "").
+    """
+
+    def __init__(self, message: str, role: str = ""):
+        super().__init__(message)
+        self.role = role
+
+
+def feature_map_output(model: keras.Model, name: str, role: str = "") -> keras.KerasTensor:
+    """Returns the symbolic 4-D output of layer `name`, or raises a clear error.
+
+    Args:
+        model: A functional or Sequential Keras model.
+        name: The layer's name.
+        role: How errors name the model ("source", "target"); empty for "Model".
+
+    Raises:
+        LayerNameError: for an unknown name or an output that is not a 4-D feature map.
+    """
+    owner = f"{role} model '{model.name}'" if role else f"model '{model.name}'"
     names = [layer.name for layer in model.layers]
     if name not in names:
         nested = [
@@ -80,18 +102,18 @@ def feature_map_output(model: keras.Model, name: str) -> keras.KerasTensor:
             "your head on its .output)."
             if nested else ""
         )
-        raise ValueError(
-            f"Model '{model.name}' has no layer named '{name}'. Layers with 4-D "
-            f"feature maps: {feature_map_layers(model)}.{hint}"
+        raise LayerNameError(
+            f"The {owner} has no layer named '{name}'. Layers with 4-D "
+            f"feature maps: {feature_map_layers(model)}.{hint}", role
         )
     layer = model.get_layer(name)
     output = _single_output(layer)
     if output is None or len(output.shape) != 4:
         shape = None if output is None else tuple(output.shape)
-        raise ValueError(
-            f"Layer '{name}' of model '{model.name}' outputs shape {shape}, not a 4-D "
+        raise LayerNameError(
+            f"Layer '{name}' of the {owner} outputs shape {shape}, not a 4-D "
             "feature map (batch, height, width, channels). Layers with 4-D feature "
-            f"maps: {feature_map_layers(model)}"
+            f"maps: {feature_map_layers(model)}", role
         )
     return output
 

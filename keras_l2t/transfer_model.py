@@ -182,7 +182,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         self._pair_target_index = [target_names.index(t) for _, t in self.pairs]
         distills = self.method.distills_outputs
 
-        source_outputs = [feature_map_output(self.source, n) for n in source_names]
+        source_outputs = [feature_map_output(self.source, n, "source") for n in source_names]
         if distills:
             check_target(self.source, role="source")  # LwF distils its class outputs
             source_outputs.append(self.source.outputs[0])
@@ -193,7 +193,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         target_outputs = [self.target.outputs[0]]
         if distills:
             target_outputs.append(penultimate_features(self.target))
-        target_outputs += [feature_map_output(self.target, n) for n in target_names]
+        target_outputs += [feature_map_output(self.target, n, "target") for n in target_names]
         target_taps = keras.Model(self.target.inputs[0], target_outputs, name="target_taps")
         object.__setattr__(self, "_source_taps", source_taps)
         object.__setattr__(self, "_target_taps", target_taps)

@@ -14,8 +14,12 @@ def networks():
 
 def test_unknown_layer_name_lists_the_valid_ones(networks):
     source, target = networks
-    with pytest.raises(ValueError, match=r"no layer named 'tgt_block9'.*'tgt_block0'"):
+    with pytest.raises(ValueError, match=r"target model 'tgt' has no layer named "
+                       r"'tgt_block9'.*'tgt_block0'") as error:
         keras_l2t.TransferModel(source, target, pairs=[("src_block0", "tgt_block9")])
+    assert error.value.role == "target"
+    with pytest.raises(ValueError, match=r"The source model 'src' has no layer named 'x'"):
+        keras_l2t.TransferModel(source, target, pairs=[("x", "tgt_block0")])
 
 
 def test_pair_layer_that_is_not_a_feature_map(networks):

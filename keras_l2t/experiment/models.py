@@ -10,6 +10,7 @@ from keras_l2t import networks, sources
 from keras_l2t.experiment import small_networks
 from keras_l2t.experiment.config import ExperimentConfig
 from keras_l2t.experiment.errors import ExperimentError
+from keras_l2t.features import LayerNameError
 from keras_l2t.methods import get_method
 from keras_l2t.optimizers import CoupledSGD, TorchAdam
 from keras_l2t.transfer_model import TransferModel
@@ -166,6 +167,9 @@ def build_transfer_model(config: ExperimentConfig, source: keras.Model,
             distillation_temperature=config.distillation_temperature,
             distillation_weight=config.distillation_weight, **kwargs,
         )
+    except LayerNameError as error:
+        flag = "--pairs" if isinstance(config.pair_list(), list) else f"--{error.role}_layers"
+        raise ExperimentError(f"{flag}: {error}") from None
     except ValueError as error:
         raise ExperimentError(f"{error}".replace("\n", " ")) from None
 
