@@ -69,7 +69,7 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, fashion_dir, 
     with pytest.raises(ExperimentError) as error:
         run_experiment(_config(work_dir, fashion_dir, source_file, **overrides))
     assert message in str(error.value)
-    assert "\n" not in str(error.value)
+    assert "\n" not in str(error.value) and "\x1b" not in str(error.value)
     assert not work_dir.exists()
 
 
