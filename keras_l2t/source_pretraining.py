@@ -98,12 +98,17 @@ def pretrain_source(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
+    backup_dir = os.path.join(work_dir, BACKUP_DIR_NAME)
+    resuming = os.path.isdir(backup_dir)  # fit deletes it once the last epoch is done
     callbacks = [
         keras.callbacks.LearningRateScheduler(
             lambda epoch: step_decay(epoch, epochs, learning_rate, milestones)
         ),
-        keras.callbacks.BackupAndRestore(os.path.join(work_dir, BACKUP_DIR_NAME)),
-        keras.callbacks.CSVLogger(os.path.join(work_dir, HISTORY_FILE_NAME), append=True),
+        keras.callbacks.BackupAndRestore(backup_dir),
+        # A fresh start rewrites the history (a crash after fit but before the save
+        # below would otherwise repeat its rows); a resumed run continues it.
+        keras.callbacks.CSVLogger(os.path.join(work_dir, HISTORY_FILE_NAME),
+                                  append=resuming),
     ]
     model.fit(
         train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, shuffle=False,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_l2t.experiment.small_networks import small_cnn
 from keras_l2t.networks import build_network
 from keras_l2t.optimizers import CoupledSGD
 from keras_l2t.source_pretraining import pretrain_source, step_decay
@@ -53,3 +54,46 @@ def test_pretrain_tiny_resnet32_then_load_as_source(tmp_path):
     np.testing.assert_allclose(
         source(images, training=False), model(images, training=False), rtol=1e-5, atol=1e-5
     )
+
+
+def _tiny_data():
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(16, 8, 8, 3)).astype("float32")
+    labels = rng.integers(0, 3, size=16)
+    return images, labels
+
+
+def _history_rates(work_dir):
+    with open(work_dir / "history.csv") as f:
+        return [(int(r["epoch"]), float(r["learning_rate"])) for r in csv.DictReader(f)]
+
+
+def test_history_has_one_row_per_epoch_after_a_crash_and_a_rerun(tmp_path):
+    images, labels = _tiny_data()
+    work_dir = tmp_path / "run"
+
+    def failing_in_epoch_two():  # called at each epoch's start (JAX reads once more)
+        if (work_dir / "history.csv").exists() and _history_rates(work_dir):
+            raise RuntimeError("simulated crash")  # epoch 0 is logged and backed up
+        for start in (0, 8):
+            yield images[start:start + 8], labels[start:start + 8]
+
+    spec = (tf.TensorSpec((None, 8, 8, 3), tf.float32), tf.TensorSpec((None,), tf.int64))
+    crashing = tf.data.Dataset.from_generator(failing_in_epoch_two, output_signature=spec)
+    with pytest.raises(Exception, match="simulated crash"):
+        pretrain_source(small_cnn("cnn_4", 3, (8, 8, 3)), crashing, None, epochs=3,
+                        work_dir=work_dir, verbose=0)
+    assert _history_rates(work_dir) == [(0, pytest.approx(0.1))]
+
+    # The rerun resumes at epoch 1 from the backup and continues the history.
+    train = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    pretrain_source(small_cnn("cnn_4", 3, (8, 8, 3)), train, None, epochs=3,
+                    work_dir=work_dir, verbose=0)
+    assert _history_rates(work_dir) == [
+        (0, pytest.approx(0.1)), (1, pytest.approx(0.1)), (2, pytest.approx(0.01))]
+
+    # Without a backup (fit had finished), a rerun starts over and rewrites the history.
+    (work_dir / "source.keras").unlink()
+    pretrain_source(small_cnn("cnn_4", 3, (8, 8, 3)), train, None, epochs=2,
+                    work_dir=work_dir, verbose=0)
+    assert _history_rates(work_dir) == [(0, pytest.approx(0.1)), (1, pytest.approx(0.01))]
