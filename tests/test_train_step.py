@@ -280,3 +280,18 @@ def test_an_interrupted_fit_keeps_the_steps_it_finished():
     assert any(not np.array_equal(a, b) for a, b in zip(model.get_weights(), initial))
     model.fit(x, y, batch_size=4, epochs=1, verbose=0)  # and training goes on from there
     assert model.optimizer.iterations.numpy() == 5
+
+
+def test_several_steps_per_execution_train_exactly_as_one():
+    x, y = toy_batch(n=8)
+    runs = []
+    for steps in (1, 2):
+        model = _compile(toy_transfer_model(), steps_per_execution=steps)
+        history = model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0).history
+        runs.append(([keras.ops.convert_to_numpy(v) for v in model.variables],
+                     {key: values[-1] for key, values in history.items()}))
+    (one, one_logs), (two, two_logs) = runs
+    assert len(one) == len(two)
+    for a, b in zip(one, two):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert one_logs == pytest.approx(two_logs, rel=1e-6)
