@@ -22,7 +22,10 @@ iteration's logs reach the host (JAX; TensorFlow's Keras converts them in line a
 Pairs: the method's default preset over the networks' default taps (l2t_ww: all-to-all).
 
 `--profile_dir=DIR` (JAX) traces a few more iterations after the timed ones;
-`benchmarks/kernel_summary.py DIR/<method>` says where their device time goes.
+`benchmarks/kernel_summary.py DIR/<method>` says where their device time goes (pass
+`--iterations` = profile_steps x steps_per_execution).
+
+`--steps_per_execution=N` compiles N iterations per call, as `compile` does for users.
 
 `--write_architectures=DIR` saves the networks' architectures as JSON and
 `--architectures=DIR` builds from them, for machines without keras-cv (which needs
@@ -60,6 +63,10 @@ flags.DEFINE_string("profile_dir", None,
                     "JAX only: after the timed iterations, trace --profile_steps more with "
                     "JAX's profiler into DIR/<method> (read it with kernel_summary.py).")
 flags.DEFINE_integer("profile_steps", 3, "Iterations traced with --profile_dir.")
+flags.DEFINE_integer("steps_per_execution", 1,
+                     "Keras' compile(steps_per_execution=N): --warmup, --steps and "
+                     "--profile_steps then count calls of N iterations; times stay per "
+                     "iteration.")
 flags.DEFINE_string("child", None, "Internal: time this one method and print JSON.")
 
 
@@ -111,7 +118,7 @@ def build_model(method: str):
         target_layers=target_layers,
     )
     jit = {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile]
-    model.compile(jit_compile=jit)
+    model.compile(jit_compile=jit, steps_per_execution=FLAGS.steps_per_execution)
     return model
 
 
@@ -139,7 +146,7 @@ def time_method(method: str) -> dict:
             self.times = []
 
         def on_train_batch_begin(self, batch, logs=None):
-            if FLAGS.profile_dir and batch == FLAGS.warmup + FLAGS.steps:
+            if FLAGS.profile_dir and len(self.times) == FLAGS.warmup + FLAGS.steps:
                 import jax
 
                 jax.profiler.start_trace(f"{FLAGS.profile_dir}/{method}")
@@ -148,30 +155,32 @@ def time_method(method: str) -> dict:
         def on_train_batch_end(self, batch, logs=None):
             float(logs["loss"])  # the step has finished on the device
             self.times.append(time.perf_counter() - self.start)
-            if FLAGS.profile_dir and batch == self.params["steps"] - 1:
+            if FLAGS.profile_dir and len(self.times) == calls:
                 import jax
 
                 jax.profiler.stop_trace()  # before fit's epoch-end work
 
     class PipelinedTimer(keras.callbacks.Callback):
-        """Wall time from the second batch's begin (the first one of a `fit` also
-        prepares its state) to the moment the last batch's logs are Python numbers."""
+        """Wall time from the second call's begin (the first one of a `fit` also
+        prepares its state) to the moment the last call's logs are Python numbers."""
 
         async_safe = True  # Keras may run on_train_batch_end in its background thread
 
         def __init__(self):
             super().__init__()
-            self.start, self.end = None, 0.0
+            self.start, self.end, self.calls = None, 0.0, 0
 
         def on_train_batch_begin(self, batch, logs=None):
-            if batch == 1:
+            self.calls += 1
+            if self.calls == 2:
                 self.start = time.perf_counter()
 
         def on_train_batch_end(self, batch, logs=None):
             self.end = max(self.end, time.perf_counter())  # calls may finish out of order
 
     model = build_model(method)
-    total = FLAGS.warmup + FLAGS.steps + (FLAGS.profile_steps if FLAGS.profile_dir else 0)
+    per_call = FLAGS.steps_per_execution
+    calls = FLAGS.warmup + FLAGS.steps + (FLAGS.profile_steps if FLAGS.profile_dir else 0)
     images, labels = random_batch()
 
     def batches():
@@ -179,19 +188,20 @@ def time_method(method: str) -> dict:
             yield images, labels
 
     timer = StepTimer()
-    model.fit(batches(), epochs=1, steps_per_epoch=total, callbacks=[timer], verbose=0)
-    times = timer.times[FLAGS.warmup:FLAGS.warmup + FLAGS.steps]
-    pipelined = PipelinedTimer()
-    model.fit(batches(), epochs=1, steps_per_epoch=FLAGS.steps + 1, callbacks=[pipelined],
+    model.fit(batches(), epochs=1, steps_per_epoch=calls * per_call, callbacks=[timer],
               verbose=0)
+    times = [t / per_call for t in timer.times[FLAGS.warmup:FLAGS.warmup + FLAGS.steps]]
+    pipelined = PipelinedTimer()
+    model.fit(batches(), epochs=1, steps_per_epoch=(FLAGS.steps + 1) * per_call,
+              callbacks=[pipelined], verbose=0)
     return {
         "method": method,
         "pairs": len(model.pairs),
         "median_s": statistics.median(times),
         "min_s": min(times),
         "max_s": max(times),
-        "pipelined_s": (pipelined.end - pipelined.start) / FLAGS.steps,
-        "first_s": timer.times[0],
+        "pipelined_s": (pipelined.end - pipelined.start) / (FLAGS.steps * per_call),
+        "first_s": timer.times[0],  # the first call, tracing and compilation included
         "peak_mb": peak_memory_mb(),
     }
 
@@ -227,7 +237,8 @@ def main(argv):
           f"{keras.__version__} on {keras.backend.backend()} ({device_name()}); settings: "
           f"{FLAGS.source} -> {FLAGS.target}, {FLAGS.image_size} px, batch "
           f"{FLAGS.batch_size}, {FLAGS.num_classes} classes, "
-          f"dtype policy {FLAGS.dtype_policy or 'float32'}, jit_compile {FLAGS.jit_compile}")
+          f"dtype policy {FLAGS.dtype_policy or 'float32'}, jit_compile {FLAGS.jit_compile}, "
+          f"steps per execution {FLAGS.steps_per_execution}")
     scratch = None
     for method, result in child_results(FLAGS.methods):
         scratch = result["median_s"] if method == "scratch" else scratch
