@@ -83,7 +83,8 @@ def feature_map_output(model: keras.Model, name: str, role: str = "") -> keras.K
     Args:
         model: A functional or Sequential Keras model.
         name: The layer's name.
-        role: How errors name the model ("source", "target"); empty for "Model".
+        role: The model's role in error messages: "source" gives "the source model
+            'name'"; empty gives "the model 'name'".
 
     Raises:
         LayerNameError: for an unknown name or an output that is not a 4-D feature map.
