@@ -141,9 +141,9 @@ def time_method(method: str) -> dict:
         """Wall time from batch begin to batch end; Keras turns the logs into Python
         numbers for callbacks, which waits for the device."""
 
-        def __init__(self):
+        def __init__(self, calls: int):
             super().__init__()
-            self.times = []
+            self.calls, self.times = calls, []
 
         def on_train_batch_begin(self, batch, logs=None):
             if FLAGS.profile_dir and len(self.times) == FLAGS.warmup + FLAGS.steps:
@@ -155,7 +155,7 @@ def time_method(method: str) -> dict:
         def on_train_batch_end(self, batch, logs=None):
             float(logs["loss"])  # the step has finished on the device
             self.times.append(time.perf_counter() - self.start)
-            if FLAGS.profile_dir and len(self.times) == calls:
+            if FLAGS.profile_dir and len(self.times) == self.calls:
                 import jax
 
                 jax.profiler.stop_trace()  # before fit's epoch-end work
@@ -187,7 +187,7 @@ def time_method(method: str) -> dict:
         while True:
             yield images, labels
 
-    timer = StepTimer()
+    timer = StepTimer(calls)
     model.fit(batches(), epochs=1, steps_per_epoch=calls * per_call, callbacks=[timer],
               verbose=0)
     times = [t / per_call for t in timer.times[FLAGS.warmup:FLAGS.warmup + FLAGS.steps]]
