@@ -25,7 +25,11 @@ Pairs: the method's default preset over the networks' default taps (l2t_ww: all-
 `benchmarks/kernel_summary.py DIR/<method>` says where their device time goes (pass
 `--iterations` = profile_steps x steps_per_execution).
 
-`--steps_per_execution=N` compiles N iterations per call, as `compile` does for users.
+`--steps_per_execution=N` runs N iterations per call, as `compile` does for users.
+
+`--device_batch` (JAX) feeds the same device-resident batch every step: the difference
+to the default says what the per-step input copy, and the new buffer addresses it brings,
+cost.
 
 `--write_architectures=DIR` saves the networks' architectures as JSON and
 `--architectures=DIR` builds from them, for machines without keras-cv (which needs
@@ -67,6 +71,9 @@ flags.DEFINE_integer("steps_per_execution", 1,
                      "Keras' compile(steps_per_execution=N): --warmup, --steps and "
                      "--profile_steps then count calls of N iterations; times stay per "
                      "iteration.")
+flags.DEFINE_bool("device_batch", False,
+                  "JAX only: feed one batch already on the device, the same buffers every "
+                  "step, instead of NumPy arrays that each step copies to the device.")
 flags.DEFINE_string("child", None, "Internal: time this one method and print JSON.")
 
 
@@ -182,6 +189,10 @@ def time_method(method: str) -> dict:
     per_call = FLAGS.steps_per_execution
     calls = FLAGS.warmup + FLAGS.steps + (FLAGS.profile_steps if FLAGS.profile_dir else 0)
     images, labels = random_batch()
+    if FLAGS.device_batch:
+        import jax
+
+        images, labels = jax.device_put((images, labels))
 
     def batches():
         while True:
@@ -238,7 +249,8 @@ def main(argv):
           f"{FLAGS.source} -> {FLAGS.target}, {FLAGS.image_size} px, batch "
           f"{FLAGS.batch_size}, {FLAGS.num_classes} classes, "
           f"dtype policy {FLAGS.dtype_policy or 'float32'}, jit_compile {FLAGS.jit_compile}, "
-          f"steps per execution {FLAGS.steps_per_execution}")
+          f"steps per execution {FLAGS.steps_per_execution}"
+          f"{', one device-resident batch' if FLAGS.device_batch else ''}")
     scratch = None
     for method, result in child_results(FLAGS.methods):
         scratch = result["median_s"] if method == "scratch" else scratch
