@@ -173,10 +173,11 @@ class _StepCheck(keras.callbacks.Callback):
     """`check_step` after every step of `fit`, in Keras' callback thread.
 
     `async_safe` lets `fit` start the next step while this one's logs are fetched and
-    checked, rather than wait for every step's logs: on a GPU, where the iteration is
-    bound by the host's launches, that takes the L2T-ww iteration of the 32-px setting from
-    about 29 ms to 17 ms (docs/benchmarks.md). A non-finite loss still stops the run, at
-    the next step or two, and the error names the step it happened at.
+    checked, rather than wait for every step's logs. On a GPU, where the iteration is
+    bound by the host's launches, that matters: in docs/benchmarks.md a `fit` that waits
+    takes about 29 ms per L2T-ww iteration of the 32-px setting on an H200, one that
+    does not about 17 ms. A non-finite loss still stops the run, a step or two later,
+    and the error names the step it happened at.
     """
 
     async_safe = True
