@@ -114,8 +114,9 @@ def summarize(kernels: list[dict], iterations: int, top: int) -> str:
 
 def host_summary(events: list[dict], iterations: int) -> str:
     """Host time in and between XLA's GPU executions; "" when the trace has none."""
-    spans = sorted((e for e in events if e.get("ph") == "X"
-                    and e["name"].endswith(":XLA GPU module")), key=lambda e: e["ts"])
+    events = [e for e in events if e.get("ph") == "X"]  # complete events: with a duration
+    spans = sorted((e for e in events if e["name"].endswith(":XLA GPU module")),
+                   key=lambda e: e["ts"])
     if not spans:
         return ""
     inside = sum(e["dur"] for e in spans) / len(spans)
@@ -136,7 +137,7 @@ def main(argv):
     kernels = kernel_events(events, FLAGS.process)
     print(f"trace: {argv[1]}, {FLAGS.iterations} iterations, processes like {FLAGS.process!r}")
     print(summarize(kernels, FLAGS.iterations, FLAGS.top))
-    host = host_summary([e for e in events if e.get("ph") == "X"], FLAGS.iterations)
+    host = host_summary(events, FLAGS.iterations)
     if host:
         print(host)
 
