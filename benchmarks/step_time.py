@@ -112,12 +112,13 @@ def build_model(method: str):
     import keras
 
     import keras_l2t
+    from keras_l2t.methods import get_method
     from keras_l2t.networks import default_taps
 
     keras.utils.set_random_seed(0)
     source, target = build(FLAGS.source, "source"), build(FLAGS.target, "target")
     source_layers, target_layers = default_taps(FLAGS.source), default_taps(FLAGS.target)
-    if keras_l2t.get_method(method).default_pairs == "one_to_one":
+    if get_method(method).default_pairs == "one_to_one":
         count = min(len(source_layers), len(target_layers))
         source_layers, target_layers = source_layers[-count:], target_layers[-count:]
     model = keras_l2t.TransferModel(

@@ -18,8 +18,13 @@ def feature_map_layers(model: keras.Model) -> list[str]:
         (batch, height, width, channels); a nested model counts as one layer.
 
     Example:
-        >>> feature_map_layers(keras_l2t.networks.build_network("vgg9", 10))[:2]
-        ['conv1', 'bn1']
+        >>> import keras
+        >>> from keras_l2t.features import feature_map_layers
+        >>> inputs = keras.Input((8, 8, 3))
+        >>> x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+        >>> x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+        >>> feature_map_layers(keras.Model(inputs, x))
+        ['conv']
     """
     check_functional(model)
     names = []
@@ -54,8 +59,15 @@ def feature_extractor(
             listed), or a layer whose output is not a 4-D feature map.
 
     Example:
-        >>> taps = feature_extractor(resnet, ["stage2_out", "stage3_out"])  # doctest: +SKIP
-        >>> maps = taps(images)  # doctest: +SKIP
+        >>> import keras
+        >>> from keras_l2t.features import feature_extractor
+        >>> inputs = keras.Input((8, 8, 3))
+        >>> x = keras.layers.Conv2D(4, 3, name="conv1")(inputs)
+        >>> x = keras.layers.Conv2D(2, 3, strides=2, name="conv2")(x)
+        >>> model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+        >>> taps = feature_extractor(model, ["conv1", "conv2"])
+        >>> [tuple(output.shape) for output in taps.outputs]
+        [(None, 6, 6, 4), (None, 2, 2, 2)]
     """
     check_functional(model)
     outputs = [model.outputs[0]] if include_output else []

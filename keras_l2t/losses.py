@@ -61,7 +61,12 @@ def weighted_feature_matching(
         (batch,) loss per example.
 
     Example:
+        >>> from keras import ops
+        >>> from keras_l2t.losses import weighted_feature_matching
+        >>> s, t = ops.ones((2, 4, 4, 8)), ops.zeros((2, 4, 4, 8))
         >>> loss = weighted_feature_matching(s, t, ops.ones((2, 8)) / 8, ops.ones((2,)))
+        >>> ops.convert_to_numpy(loss).tolist()  # 0.5 * 1 * sum_c (1/8) * 1
+        [0.5, 0.5]
     """
     distances = channel_distances(source_map, adapted_target_map)
     return beta * pair_weight * ops.sum(channel_weights * distances, axis=-1)
@@ -124,19 +129,19 @@ def attention_transfer(source_map, target_map, beta: float = 1000.0):
     return beta / 2 * ops.mean(ops.square(difference), axis=-1)
 
 
-def distillation(source_logits, student_logits, temperature: float = 2.0):
+def distillation(source_logits, target_logits, temperature: float = 2.0):
     """Per-example distillation loss of LwF (Li & Hoiem 2017): the cross-entropy between
-    the source's and the student's outputs softened by `temperature`,
+    the source's and the target's outputs softened by `temperature`,
     -sum_k softmax(s / T)_k log softmax(h / T)_k (no T^2 factor, as LwF).
 
     Args:
         source_logits: (batch, K) logits of the frozen source.
-        student_logits: (batch, K) logits of the target's extra head.
+        target_logits: (batch, K) logits of the target's extra head.
         temperature: Softening temperature T (2 in LwF).
 
     Returns:
         (batch,) loss per example.
     """
     soft_targets = ops.softmax(source_logits / temperature, axis=-1)
-    log_probabilities = ops.log_softmax(student_logits / temperature, axis=-1)
+    log_probabilities = ops.log_softmax(target_logits / temperature, axis=-1)
     return -ops.sum(soft_targets * log_probabilities, axis=-1)

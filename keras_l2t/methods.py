@@ -112,6 +112,7 @@ def get_method(name: str) -> Method:
         ValueError: for an unknown name, listing the valid ones.
 
     Example:
+        >>> from keras_l2t.methods import get_method
         >>> get_method("l2t_ww").meta_learned
         True
     """

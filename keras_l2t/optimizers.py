@@ -6,29 +6,29 @@ import keras
 from keras import ops
 
 
-def coupled_sgd_update(value, gradient, momentum_buffer, learning_rate, momentum,
+def coupled_sgd_update(value, gradient, m, learning_rate, momentum,
                        weight_decay, nesterov=False):
     """One PyTorch-style SGD step, as a pure function (used by the optimizer and the lookahead).
 
-    d = g + wd * p;  buf = momentum * buf + d;  p = p - lr * buf
-    (Nesterov: p = p - lr * (d + momentum * buf)).
+    d = g + wd * p;  m = momentum * m + d;  p = p - lr * m
+    (Nesterov: p = p - lr * (d + momentum * m)).
 
     Args:
         value: Current parameter p.
         gradient: Gradient g of the loss at p.
-        momentum_buffer: Momentum buffer buf (zeros before the first step).
+        m: The parameter's entry of `momentums` (zeros before the first step).
         learning_rate: Step size lr.
         momentum: Momentum coefficient.
         weight_decay: Coupled L2 weight decay wd.
         nesterov: Whether to use Nesterov momentum.
 
     Returns:
-        (new value, new momentum buffer).
+        (new value, new m).
     """
     direction = gradient + weight_decay * value
-    buffer = momentum * momentum_buffer + direction
-    step = direction + momentum * buffer if nesterov else buffer
-    return value - learning_rate * step, buffer
+    m = momentum * m + direction
+    step = direction + momentum * m if nesterov else m
+    return value - learning_rate * step, m
 
 
 @keras.saving.register_keras_serializable(package="keras_l2t")
@@ -50,6 +50,8 @@ class CoupledSGD(keras.optimizers.Optimizer):
         **kwargs: Other `keras.optimizers.Optimizer` arguments.
 
     Example:
+        >>> import keras
+        >>> from keras_l2t import CoupledSGD
         >>> schedule = keras.optimizers.schedules.CosineDecay(0.1, decay_steps=10000)
         >>> optimizer = CoupledSGD(schedule, momentum=0.9, weight_decay=1e-4)
     """
@@ -75,17 +77,17 @@ class CoupledSGD(keras.optimizers.Optimizer):
         ]
 
     def update_step(self, gradient, variable, learning_rate):
-        buffer = self.momentums[self._get_variable_index(variable)]
-        new_value, new_buffer = coupled_sgd_update(
+        m = self.momentums[self._get_variable_index(variable)]
+        new_value, new_m = coupled_sgd_update(
             ops.convert_to_tensor(variable),
             ops.cast(gradient, variable.dtype),
-            ops.convert_to_tensor(buffer),
+            ops.convert_to_tensor(m),
             ops.cast(learning_rate, variable.dtype),
             self.momentum,
             self.coupled_weight_decay,
             self.nesterov,
         )
-        self.assign(buffer, new_buffer)
+        self.assign(m, new_m)
         self.assign(variable, new_value)
 
     def get_config(self):
@@ -122,7 +124,8 @@ class TorchAdam(keras.optimizers.Optimizer):
             ``meta_weight_decay`` to the meta-gradient, as `torch.optim.Adam` does.
 
     Example:
-        >>> model.compile(meta_optimizer=TorchAdam(1e-4))
+        >>> from keras_l2t import TorchAdam
+        >>> meta_optimizer = TorchAdam(1e-4)  # TransferModel.compile(meta_optimizer=...)
     """
 
     def __init__(self, learning_rate=1e-4, beta_1: float = 0.9, beta_2: float = 0.999,

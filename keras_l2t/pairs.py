@@ -31,6 +31,7 @@ def resolve_pairs(
             different lengths for "one_to_one", or a malformed or duplicated pair.
 
     Example:
+        >>> from keras_l2t.pairs import resolve_pairs
         >>> resolve_pairs("all", ["s1", "s2"], ["t1"])
         [('s1', 't1'), ('s2', 't1')]
     """

@@ -27,6 +27,7 @@ def pair_weight_grid(pairs: Sequence[tuple[str, str]], values: Sequence[float]):
         NaN where a combination is not a pair.
 
     Example:
+        >>> from keras_l2t.pictures import pair_weight_grid
         >>> pair_weight_grid([("s1", "t1"), ("s2", "t1")], [0.5, 2.0])[2].tolist()
         [[0.5], [2.0]]
     """
@@ -136,8 +137,8 @@ def current_weights(model, images) -> tuple[list[float], list[np.ndarray]]:
         (mean lambda per pair (empty unless learned), per pair the (images, C) channel
         weights (empty unless learned)).
     """
-    source = model.source_forward(images)
-    channel_weights, pair_weights = model.pair_weights(source)
+    source = model._source_outputs(images)
+    channel_weights, pair_weights = model._transfer_weights(source)
     lambdas = []
     if model.method.learns_pair_weights:
         lambdas = [float(np.mean(np.asarray(lam))) for lam in pair_weights]

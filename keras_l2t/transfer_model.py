@@ -10,21 +10,22 @@ import keras
 from keras import ops
 
 from keras_l2t import losses
-from keras_l2t.exact_batch_norm import make_batch_norm_exact
-from keras_l2t.features import feature_map_output
-from keras_l2t.jax_state import MetaOptimizerInJaxState
-from keras_l2t.layers import ChannelWeights, FeatureAdapter, PairWeight
-from keras_l2t.methods import get_method
-from keras_l2t.network_checks import (
+from keras_l2t._jax_state import MetaOptimizerInJaxState
+from keras_l2t._network_checks import (
     check_precision,
     check_source,
     check_target,
     outputs_logits,
     penultimate_features,
 )
+from keras_l2t._steps import as_list, step_module, unpack
+from keras_l2t._update_rules import update_rule_for
+from keras_l2t.exact_batch_norm import make_batch_norm_exact
+from keras_l2t.features import feature_map_output
+from keras_l2t.layers import ChannelWeights, FeatureAdapter, PairWeight
+from keras_l2t.methods import get_method
 from keras_l2t.optimizers import CoupledSGD, TorchAdam
 from keras_l2t.pairs import resolve_pairs
-from keras_l2t.update_rules import update_rule_for
 
 
 class SourceOutputs(NamedTuple):
@@ -41,7 +42,7 @@ class SourceOutputs(NamedTuple):
     logits: object = None
 
 
-class StudentOutputs(NamedTuple):
+class TargetOutputs(NamedTuple):
     """The target's forward in training mode.
 
     Attributes:
@@ -76,8 +77,8 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
     GroupNormalization are refused on TensorFlow.
 
     Runs on the TensorFlow and JAX backends (`KERAS_BACKEND`): the method's math lives
-    here, and one small module per backend runs the iteration (`tensorflow_step`,
-    `jax_step`).
+    here, and one small module per backend runs the iteration (`_tensorflow_step`,
+    `_jax_step`).
 
     Args:
         source: A built functional Keras model, pretrained; frozen and run in inference
@@ -109,12 +110,21 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             LayerNormalization/GroupNormalization in the target on TensorFlow.
 
     Example:
-        >>> from keras_l2t import CoupledSGD, TransferModel
-        >>> model = TransferModel(source, target, pairs="all",
-        ...                       source_layers=["s_block2", "s_block3"],
-        ...                       target_layers=["t_block2", "t_block3"])
-        >>> model.compile(optimizer=CoupledSGD(0.1), metrics=["accuracy"])
-        >>> model.fit(train_ds, validation_data=val_ds, epochs=200)
+        >>> import keras
+        >>> import numpy as np
+        >>> from keras_l2t import TransferModel
+        >>> def network(name, classes):
+        ...     inputs = keras.Input((8, 8, 3))
+        ...     x = keras.layers.Conv2D(4, 3, activation="relu", name=f"{name}_block")(inputs)
+        ...     x = keras.layers.GlobalAveragePooling2D()(x)
+        ...     return keras.Model(inputs, keras.layers.Dense(classes)(x))
+        >>> model = TransferModel(network("s", 5), network("t", 3),
+        ...                       pairs=[("s_block", "t_block")])
+        >>> model.compile(metrics=["accuracy"])  # then model.fit(images, labels, ...)
+        >>> model.pairs
+        [('s_block', 't_block')]
+        >>> tuple(model(np.zeros((2, 8, 8, 3), "float32")).shape)  # the target's forward
+        (2, 3)
 
     Reference:
         Jang, Lee, Hwang, Shin, "Learning What and Where to Transfer", ICML 2019.
@@ -141,7 +151,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         super().__init__(**kwargs)
         self.method = get_method(method)
         check_source(source)
-        self.from_logits = check_target(target)
+        self._from_logits = check_target(target)
         check_precision(target)
         if isinstance(lookahead_steps, bool) or not isinstance(
             lookahead_steps, numbers.Integral
@@ -150,7 +160,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         # Losses, adapters and meta-networks run at the target variables' precision, even
         # when the networks compute in bfloat16.
         variables = target.trainable_variables
-        self.loss_dtype = variables[0].dtype if variables else keras.config.floatx()
+        self._loss_dtype = variables[0].dtype if variables else keras.config.floatx()
         self.pairs = (
             resolve_pairs(self.method.default_pairs if pairs is None else pairs,
                           source_layers, target_layers)
@@ -214,63 +224,84 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         for i in range(len(matching_pairs)):
             s, t = self._pair_source_index[i], self._pair_target_index[i]
             channels = self._source_shapes[s][-1]
-            adapter = FeatureAdapter(channels, name=f"adapter_{i}", dtype=self.loss_dtype)
+            adapter = FeatureAdapter(channels, name=f"adapter_{i}", dtype=self._loss_dtype)
             adapter.build(self._target_shapes[t])
             self.adapters.append(adapter)
             if self.method.learns_channel_weights:
-                network = ChannelWeights(name=f"channel_weights_{i}", dtype=self.loss_dtype)
+                network = ChannelWeights(name=f"channel_weights_{i}", dtype=self._loss_dtype)
                 network.build((None, channels))
                 self.channel_weight_networks.append(network)
             if self.method.learns_pair_weights:
                 network = PairWeight(
-                    self.pair_weight_activation, name=f"pair_weight_{i}", dtype=self.loss_dtype
+                    self.pair_weight_activation, name=f"pair_weight_{i}", dtype=self._loss_dtype
                 )
                 network.build((None, channels))
                 self.pair_weight_networks.append(network)
         self.distillation_head = None
         if self.method.distills_outputs:
             self.distillation_head = keras.layers.Dense(
-                self.source.outputs[0].shape[-1], name="distillation_head", dtype=self.loss_dtype
+                self.source.outputs[0].shape[-1], name="distillation_head", dtype=self._loss_dtype
             )
             self.distillation_head.build(penultimate_features(self.target).shape)
 
     def _build_trackers(self):
+        """The model's own metrics, kept as the keras-io custom `train_step` guides keep
+        them: the loss, then the training logs' terms (see `metrics`)."""
         mean = keras.metrics.Mean
-        self.ce_tracker = mean(name="ce")
-        self.term_trackers = {}
+        self._loss_metric = mean(name="loss")
+        self._ce_tracker = mean(name="ce")
+        self._term_trackers = {}
         if self.method.matches_features:
-            self.term_trackers["matching"] = mean(name="matching_loss")
+            self._term_trackers["matching"] = mean(name="matching_loss")
         if self.method.matches_attention:
-            self.term_trackers["attention"] = mean(name="attention_loss")
+            self._term_trackers["attention"] = mean(name="attention_loss")
         if self.method.distills_outputs:
-            self.term_trackers["distillation"] = mean(name="distillation_loss")
-        self.meta_tracker = mean(name="meta_ce") if self.method.meta_learned else None
+            self._term_trackers["distillation"] = mean(name="distillation_loss")
+        self._meta_tracker = mean(name="meta_ce") if self.method.meta_learned else None
         # Zero-padded pair indices, so logs list pairs in order: lambda_00, lambda_01, ...
         digits = len(str(max(len(self.pairs) - 1, 0)))
-        self.pair_weight_trackers = [
+        self._pair_weight_trackers = [
             mean(name=f"lambda_{i:0{digits}d}") for i in range(len(self.pair_weight_networks))
         ]
-        self.entropy_trackers = [
+        self._entropy_trackers = [
             mean(name=f"entropy_{i:0{digits}d}")
             for i in range(len(self.channel_weight_networks))
         ]
 
+    def _training_trackers(self) -> list:
+        """The trackers of the training logs' terms, in the logs' order."""
+        meta = [self._meta_tracker] if self._meta_tracker is not None else []
+        return [self._ce_tracker, *self._term_trackers.values(), *meta,
+                *self._pair_weight_trackers, *self._entropy_trackers]
+
+    @property
+    def metrics(self):
+        """The loss, the compiled metrics, then the training terms' trackers.
+
+        Keras' own loss tracker, which this model never feeds (it computes its losses
+        itself), is left out.
+        """
+        own = self._training_trackers()
+        compiled = [m for m in super().metrics
+                    if m.name != "loss" and all(m is not o for o in own)]
+        return [self._loss_metric, *compiled, *own]
+
     # ----------------------------------------------------------------- variables
     @property
-    def theta_variables(self) -> list:
+    def _theta_variables(self) -> list:
         """Variables trained by `optimizer`: the target, the adapters, the LwF head."""
         modules = self.adapters + ([self.distillation_head] if self.distillation_head else [])
         extra = [v for module in modules for v in module.trainable_variables]
         return list(self._target_taps.trainable_variables) + extra
 
     @property
-    def phi_variables(self) -> list:
+    def _phi_variables(self) -> list:
         """Variables of the meta-networks, trained by `meta_optimizer`."""
         networks = self.channel_weight_networks + self.pair_weight_networks
         return [v for network in networks for v in network.trainable_variables]
 
     @property
-    def target_non_trainable_variables(self) -> list:
+    def _target_non_trainable_variables(self) -> list:
         """The target's non-trainable state (batch-norm statistics, seeds)."""
         return list(self._target_taps.non_trainable_variables)
 
@@ -292,7 +323,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         Raises:
             ValueError: for `loss=`, an optimizer with loss scaling (`loss_scale_factor`,
                 `LossScaleOptimizer`), or, for the meta-learned methods, an `optimizer`
-                whose update the lookahead cannot replay (see `update_rules`).
+                whose update the lookahead cannot replay (see `_update_rules`).
         """
         if kwargs.pop("loss", None) is not None:
             raise ValueError(
@@ -308,11 +339,11 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
         self.meta_optimizer = meta_optimizer
         if self.method.meta_learned:
-            self.update_rule = update_rule_for(self.optimizer, self.theta_variables)
+            self._update_rule = update_rule_for(self.optimizer, self._theta_variables)
         # Built here, under the caller's strategy scope, not lazily inside fit().
-        self.optimizer.build(self.theta_variables)
-        if self.phi_variables:
-            self.meta_optimizer.build(self.phi_variables)
+        self.optimizer.build(self._theta_variables)
+        if self._phi_variables:
+            self.meta_optimizer.build(self._phi_variables)
 
     def get_compile_config(self):
         config = super().get_compile_config()
@@ -330,13 +361,13 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
     def call(self, inputs, training=None):
         return self.target(inputs, training=training)
 
-    def source_forward(self, x) -> SourceOutputs:
+    def _source_outputs(self, x) -> SourceOutputs:
         """Runs the frozen source once for the batch and prepares each pair's source side."""
         if self._source_taps is None:
             return SourceOutputs([], [])
         outputs = [
-            ops.cast(ops.stop_gradient(o), self.loss_dtype)
-            for o in _as_list(self._source_taps(x, training=False))
+            ops.cast(ops.stop_gradient(o), self._loss_dtype)
+            for o in as_list(self._source_taps(x, training=False))
         ]
         logits = None
         if self.method.distills_outputs:
@@ -350,7 +381,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         pooled = [ops.mean(outputs[s], axis=(1, 2)) for s in self._pair_source_index]
         return SourceOutputs(maps, pooled, logits)
 
-    def pair_weights(self, source: SourceOutputs) -> tuple[list, list]:
+    def _transfer_weights(self, source: SourceOutputs) -> tuple[list, list]:
         """Channel weights w and pair weights lambda of every feature-matching pair.
 
         Returns:
@@ -371,20 +402,20 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
                 pair_weights.append(ops.ones_like(pooled[:, 0]))
         return channel_weights, pair_weights
 
-    def student_forward(self, x, theta=None, non_trainable=None,
-                        adapters: bool = True) -> StudentOutputs:
+    def _target_outputs(self, x, theta=None, non_trainable=None,
+                        adapters: bool = True) -> TargetOutputs:
         """The target in training mode, with what the method's losses read.
 
         Args:
             x: Input batch.
-            theta: Values for `theta_variables`; None uses the variables themselves (and
+            theta: Values for `_theta_variables`; None uses the variables themselves (and
                 updates the batch-norm statistics, as a real step does).
-            non_trainable: Values for `target_non_trainable_variables` when `theta` is
+            non_trainable: Values for `_target_non_trainable_variables` when `theta` is
                 given; the batch-norm statistics this forward computes are dropped.
             adapters: Whether to compute the adapted maps (not needed for L_org alone).
 
         Returns:
-            A `StudentOutputs`.
+            A `TargetOutputs`.
         """
         modules = self.adapters + ([self.distillation_head] if self.distillation_head else [])
         taps = self._target_taps
@@ -401,7 +432,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         else:
             weights = [theta[count + 2 * i: count + 2 * i + 2] for i in range(len(modules))]
         regularization = (
-            sum(ops.cast(loss, self.loss_dtype) for loss in target_losses)
+            sum(ops.cast(loss, self._loss_dtype) for loss in target_losses)
             if target_losses else None
         )
 
@@ -410,8 +441,8 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
                 return module(inputs)
             return module.stateless_call(module_weights, [], inputs)[0]
 
-        outputs = _as_list(outputs)
-        logits = ops.cast(outputs.pop(0), self.loss_dtype)
+        outputs = as_list(outputs)
+        logits = ops.cast(outputs.pop(0), self._loss_dtype)
         distillation_logits = None
         if self.distillation_head is not None:
             distillation_logits = apply(self.distillation_head, weights[-1], outputs.pop(0))
@@ -419,7 +450,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         adapted = (
             [apply(a, w, m) for a, w, m in zip(self.adapters, weights, maps)] if adapters else []
         )
-        return StudentOutputs(logits, maps, adapted, distillation_logits, regularization)
+        return TargetOutputs(logits, maps, adapted, distillation_logits, regularization)
 
     def _target_taps_at(self, trainable: list, non_trainable: list, x):
         """The target's taps in training mode at the given variable values.
@@ -444,40 +475,40 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         ]
         return outputs, [scope.get_current_value(v) for v in state], scope.losses + regularizers
 
-    def cross_entropy(self, y, logits):
+    def _cross_entropy(self, y, logits):
         """Per-example cross-entropy of the target's outputs."""
-        return losses.cross_entropy(y, logits, from_logits=self.from_logits)
+        return losses.cross_entropy(y, logits, from_logits=self._from_logits)
 
-    def loss_terms(self, y, student: StudentOutputs, source: SourceOutputs,
-                   channel_weights: list, pair_weights: list) -> dict:
+    def _loss_terms(self, y, target: TargetOutputs, source: SourceOutputs,
+                    channel_weights: list, pair_weights: list) -> dict:
         """Per-example loss terms of the method: "ce", and "matching" (L_wfm summed over
         pairs), "attention" and "distillation" where the method uses them, and
-        "regularization" where the target has its own losses (see `regularization`)."""
-        ce = self.cross_entropy(y, student.logits)
+        "regularization" where the target has its own losses (see `_regularization`)."""
+        ce = self._cross_entropy(y, target.logits)
         terms = {"ce": ce}
-        if student.regularization is not None:
-            terms["regularization"] = self.regularization(student, ce)
+        if target.regularization is not None:
+            terms["regularization"] = self._regularization(target, ce)
         if self.method.matches_features:
             terms["matching"] = sum(
                 (losses.weighted_feature_matching(s, t, w, lam, self.beta)
-                 for s, t, w, lam in zip(source.maps, student.adapted, channel_weights,
+                 for s, t, w, lam in zip(source.maps, target.adapted, channel_weights,
                                          pair_weights)),
                 ops.zeros_like(ce),
             )
         if self.method.matches_attention:
             terms["attention"] = sum(
-                (losses.attention_transfer(s, ops.cast(t, self.loss_dtype), self.attention_beta)
-                 for s, t in zip(source.maps, student.maps)),
+                (losses.attention_transfer(s, ops.cast(t, self._loss_dtype), self.attention_beta)
+                 for s, t in zip(source.maps, target.maps)),
                 ops.zeros_like(ce),
             )
         if self.method.distills_outputs:
             terms["distillation"] = self.distillation_weight * losses.distillation(
-                source.logits, student.distillation_logits, self.distillation_temperature
+                source.logits, target.distillation_logits, self.distillation_temperature
             )
         return terms
 
     @staticmethod
-    def regularization(student: StudentOutputs, per_example):
+    def _regularization(target: TargetOutputs, per_example):
         """The target's own losses as a per-example term (the same value for each).
 
         Keras adds a model's regularization losses to its objective; here they join the
@@ -486,47 +517,47 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         global batch divided by its size is the regularization once, on any number of
         replicas.
         """
-        return ops.zeros_like(per_example) + student.regularization
+        return ops.zeros_like(per_example) + target.regularization
 
-    def real_step_loss(self, x, y, source: SourceOutputs, channel_weights: list,
-                       pair_weights: list, batch):
+    def _real_step_loss(self, x, y, source: SourceOutputs, channel_weights: list,
+                        pair_weights: list, batch):
         """The real step's objective: all of the method's terms, with the target's
         variables (so a training-mode forward updates the batch-norm statistics).
 
         Returns:
             (summed loss / `batch`, per-example terms, target logits).
         """
-        student = self.student_forward(x)
-        terms = self.loss_terms(y, student, source, channel_weights, pair_weights)
-        return ops.sum(sum(terms.values())) / batch, terms, student.logits
+        target = self._target_outputs(x)
+        terms = self._loss_terms(y, target, source, channel_weights, pair_weights)
+        return ops.sum(sum(terms.values())) / batch, terms, target.logits
 
-    def matching_objective(self, params, x, y, source: SourceOutputs, weights: tuple,
-                           non_trainable, batch):
-        """L_wfm(theta) of one lookahead step, at `params` (values of `theta_variables`).
+    def _matching_objective(self, params, x, y, source: SourceOutputs, weights: tuple,
+                            non_trainable, batch):
+        """L_wfm(theta) of one lookahead step, at `params` (values of `_theta_variables`).
 
         `weights` is (channel weights, pair weights) from phi, computed once per meta step.
         """
-        student = self.student_forward(x, params, non_trainable)
-        terms = self.loss_terms(y, student, source, *weights)
+        target = self._target_outputs(x, params, non_trainable)
+        terms = self._loss_terms(y, target, source, *weights)
         return ops.sum(terms["matching"] + terms.get("regularization", 0.0)) / batch
 
-    def classification_objective(self, params, x, y, non_trainable, batch):
+    def _classification_objective(self, params, x, y, non_trainable, batch):
         """L_org(theta) at `params`: the lookahead's last step and the meta objective."""
-        student = self.student_forward(x, params, non_trainable, adapters=False)
-        ce = self.cross_entropy(y, student.logits)
-        if student.regularization is not None:
-            ce = ce + self.regularization(student, ce)
+        target = self._target_outputs(x, params, non_trainable, adapters=False)
+        ce = self._cross_entropy(y, target.logits)
+        if target.regularization is not None:
+            ce = ce + self._regularization(target, ce)
         return ops.sum(ce) / batch
 
-    def lookahead_objectives(self, x, y, source: SourceOutputs, weights: tuple,
-                             non_trainable, batch) -> list:
+    def _lookahead_objectives(self, x, y, source: SourceOutputs, weights: tuple,
+                              non_trainable, batch) -> list:
         """The lookahead's T steps on L_wfm, then one on L_org, as functions of theta."""
 
         def matching(params):
-            return self.matching_objective(params, x, y, source, weights, non_trainable, batch)
+            return self._matching_objective(params, x, y, source, weights, non_trainable, batch)
 
         def classification(params):
-            return self.classification_objective(params, x, y, non_trainable, batch)
+            return self._classification_objective(params, x, y, non_trainable, batch)
 
         return [matching] * self.lookahead_steps + [classification]
 
@@ -536,34 +567,34 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         writes its moving average into phi, as Keras' fit does for the optimizer and
         the trainable weights."""
         history = super().fit(*args, **kwargs)
-        if self.meta_optimizer.use_ema and self.phi_variables and history.epoch:
-            self.meta_optimizer.finalize_variable_values(self.phi_variables)
+        if self.meta_optimizer.use_ema and self._phi_variables and history.epoch:
+            self.meta_optimizer.finalize_variable_values(self._phi_variables)
         return history
 
     def train_step(self, *args):
         """One L2T-ww iteration, as the backend's trainer calls it: `(data)` on
-        TensorFlow, `(state, data)` on JAX (see `tensorflow_step` / `jax_step`)."""
+        TensorFlow, `(state, data)` on JAX (see `_tensorflow_step` / `_jax_step`)."""
         return step_module().train_step(self, *args)
 
-    def record_step(self, x, y, terms: dict, logits, channel_weights: list,
-                    pair_weights: list, meta_loss) -> dict:
+    def _record_step(self, x, y, terms: dict, logits, channel_weights: list,
+                     pair_weights: list, meta_loss) -> dict:
         """Updates the loss, lambda, entropy and compiled metrics; returns the logs."""
-        self._loss_tracker.update_state(sum(terms.values()))
-        self.ce_tracker.update_state(terms["ce"])
-        for name, tracker in self.term_trackers.items():
+        self._loss_metric.update_state(sum(terms.values()))
+        self._ce_tracker.update_state(terms["ce"])
+        for name, tracker in self._term_trackers.items():
             tracker.update_state(terms[name])
         if meta_loss is not None:
-            self.meta_tracker.update_state(meta_loss)
-        for tracker, lam in zip(self.pair_weight_trackers, pair_weights):
+            self._meta_tracker.update_state(meta_loss)
+        for tracker, lam in zip(self._pair_weight_trackers, pair_weights):
             tracker.update_state(lam)
-        for tracker, w in zip(self.entropy_trackers, channel_weights):
+        for tracker, w in zip(self._entropy_trackers, channel_weights):
             tracker.update_state(losses.entropy(w))
         return self.compute_metrics(x, y, logits)
 
     def meta_gradient(self, x, y, second_order: bool = True):
         """d L_org(theta_{T+1}) / d phi at the current state, changing nothing.
 
-        The lookahead starts from the current theta, momentum buffers and learning rate.
+        The lookahead starts from the current theta, momentums and learning rate.
         Right after a `train_step` that is where its own lookahead started, except the
         rate: `train_step` replays the rate of the real step it took, which a schedule
         may have moved on since (by one iteration).
@@ -575,7 +606,8 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
                 first-order approximation, which gives exactly zero).
 
         Returns:
-            (meta objective L_org(theta_{T+1}), gradients aligned with `phi_variables`).
+            (meta objective L_org(theta_{T+1}), gradients aligned with the trainable
+            variables of `channel_weight_networks`, then of `pair_weight_networks`).
         """
         if not self.method.meta_learned:
             raise ValueError(f"Method '{self.method.name}' has no meta-networks.")
@@ -590,16 +622,15 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         on JAX."""
         return step_module().test_step(self, *args)
 
-    def record_test(self, data) -> dict:
-        """Updates the loss and compiled metrics with one evaluation batch; returns the logs."""
+    def _record_test(self, data) -> dict:
+        """Updates the loss (the cross-entropy alone) and the compiled metrics with one
+        evaluation batch; returns their logs."""
         x, y = unpack(data)
         outputs = self(x, training=False)
-        self._loss_tracker.update_state(self.cross_entropy(y, outputs))
-        logs = {"loss": self._loss_tracker.result()}
-        if self._compile_metrics is not None:  # None when compiled without metrics
-            self._compile_metrics.update_state(y, outputs)
-            logs.update(self._compile_metrics.result())
-        return logs
+        self._loss_metric.update_state(self._cross_entropy(y, outputs))
+        logs = self.compute_metrics(x, y, outputs)
+        training = {tracker.name for tracker in self._training_trackers()}
+        return {name: value for name, value in logs.items() if name not in training}
 
     # --------------------------------------------------------- export and save
     def export(self, filepath, format="tf_saved_model", **kwargs):
@@ -611,8 +642,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
                 another format of `keras.Model.export`.
             **kwargs: Other `keras.Model.export` arguments.
 
-        Example:
-            >>> model.export("served")  # then tf.saved_model.load("served").serve(images)
+        Then `tf.saved_model.load(filepath).serve(images)` runs the target.
         """
         return self.target.export(filepath, format=format, **kwargs)
 
@@ -640,39 +670,6 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         return cls(**config)
 
 
-def step_module():
-    """The module that runs the iteration on the current Keras backend."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        from keras_l2t import tensorflow_step
-
-        return tensorflow_step
-    if backend == "jax":
-        from keras_l2t import jax_step
-
-        return jax_step
-    raise ValueError(
-        f"keras-l2t runs on the TensorFlow and JAX backends, not '{backend}': set "
-        "KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax before importing Keras."
-    )
-
-
-def unpack(data):
-    """(x, y) of a training batch; sample weights and missing labels are refused."""
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    if sample_weight is not None:
-        raise ValueError(
-            "TransferModel does not support sample weights or class_weight: its losses "
-            "are plain batch means, as in the reference. Resample the data instead."
-        )
-    if y is None:
-        raise ValueError(
-            "TransferModel needs labels to train and evaluate: give (images, labels) "
-            "batches (predict takes images alone)."
-        )
-    return x, y
-
-
 def _refuse_loss_scaling(argument: str, optimizer: keras.optimizers.Optimizer) -> None:
     """Loss scaling (for float16) would shrink every update: the steps never scale the
     losses, since float16 targets are refused (mixed_bfloat16 needs no scaling)."""
@@ -686,7 +683,3 @@ def _refuse_loss_scaling(argument: str, optimizer: keras.optimizers.Optimizer) -
             "Create the optimizer without loss scaling."
         )
 
-
-def _as_list(outputs) -> list:
-    """A functional model with one output returns a tensor, not a one-element list."""
-    return list(outputs) if isinstance(outputs, list | tuple) else [outputs]

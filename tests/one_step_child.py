@@ -30,7 +30,7 @@ def main(weights_path: str, out_path: str) -> None:
     else:
         np.savez(weights_path, **{v.path: v.numpy() for v in model.weights})
     x, y = toy_batch(n=8, seed=12)
-    for _ in range(2):  # the second lookahead starts from non-zero momentum buffers
+    for _ in range(2):  # the second lookahead starts from non-zero momentums
         model.train_on_batch(x, y)
     state = {f"model/{v.path}": v.numpy() for v in model.weights}
     state.update({f"optimizer/{v.path}": v.numpy() for v in model.optimizer.variables})

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from backends import tensorflow_only
 
 TESTS = Path(__file__).parent
@@ -21,6 +22,7 @@ def _two_steps(backend: str, weights: Path, out: Path) -> dict:
     return dict(np.load(out))
 
 
+@pytest.mark.slow
 @tensorflow_only("it starts one process per backend itself, so it runs once, in the "
                  "TensorFlow pass")
 def test_tensorflow_and_jax_iterations_agree(tmp_path):

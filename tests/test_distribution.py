@@ -41,15 +41,15 @@ def _check_two_devices_equal_one(scope):
     x, y = toy_batch(n=8, seed=5)
     single = _build(contextlib.nullcontext)
     initial = single.get_weights()
-    initial_phi = [v.numpy() for v in single.phi_variables]
+    initial_phi = [v.numpy() for v in single._phi_variables]
     distributed = _build(scope, initial)
     for model, model_scope in ((single, contextlib.nullcontext), (distributed, scope)):
         with model_scope():
-            # Two steps, so the second lookahead starts from non-zero momentum buffers.
+            # Two steps, so the second lookahead starts from non-zero momentums.
             model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
 
     assert all(
-        not np.allclose(v.numpy(), w) for v, w in zip(single.phi_variables, initial_phi)
+        not np.allclose(v.numpy(), w) for v, w in zip(single._phi_variables, initial_phi)
     ), "every meta-network variable should move"
     assert len(_state(single)) == len(_state(distributed))
     for a, b in zip(_state(single), _state(distributed)):
@@ -76,3 +76,18 @@ def test_data_parallel_step_equals_single_device_step():
     model = _check_two_devices_equal_one(distribution.scope)
     kernel = model.target.get_layer("tgt_conv0").kernel.value
     assert len(kernel.sharding.device_set) == 2  # replicated on both devices
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX only: keras.distribution")
+def test_a_meta_optimizer_created_outside_the_distribution_is_reported():
+    """Keras' check of the state's shardings covers the meta-optimizer's variables."""
+    distribution = keras.distribution.DataParallel(
+        devices=keras.distribution.list_devices("cpu"))
+    with distribution.scope():
+        model = toy_transfer_model()
+    meta_optimizer = keras.optimizers.SGD(1.0, momentum=0.9)
+    meta_optimizer.build(model._phi_variables)  # outside the scope: local variables
+    with distribution.scope():
+        model.compile(meta_optimizer=meta_optimizer)
+        with pytest.warns(UserWarning, match="meta-optimizer's variable .* is local"):
+            model._get_state_sharding_spec()

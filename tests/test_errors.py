@@ -5,6 +5,7 @@ import pytest
 from toy_networks import conv_net, toy_batch, toy_transfer_model
 
 import keras_l2t
+from keras_l2t.features import feature_map_layers
 
 
 @pytest.fixture
@@ -109,7 +110,7 @@ def test_a_nested_backbone_is_tapped_at_its_output_not_inside(networks):
     inputs = keras.Input((8, 8, 3))
     pooled = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
     target = keras.Model(inputs, keras.layers.Dense(3)(pooled))
-    assert keras_l2t.feature_map_layers(target) == ["backbone"]
+    assert feature_map_layers(target) == ["backbone"]
     with pytest.raises(ValueError, match="inside the nested model 'backbone'.*input_tensor"):
         keras_l2t.TransferModel(source, target, pairs=[("src_block1", "backbone_block0")])
     model = keras_l2t.TransferModel(source, target, pairs=[("src_block1", "backbone")])

@@ -7,7 +7,8 @@ from backends import BACKEND, tensorflow_only, to_numpy, variable_gradients
 from toy_networks import toy_batch, toy_transfer_model
 
 import keras_l2t
-from keras_l2t.update_rules import update_rule_for
+from keras_l2t._update_rules import update_rule_for
+from keras_l2t.exact_batch_norm import is_batch_norm_exact
 
 
 def _compiled_model(lookahead_steps):
@@ -40,7 +41,7 @@ def _finite_difference(model, x, y, eps=1e-5):
     """Central differences of the meta objective, one phi entry at a time."""
     meta_objective = _meta_objective(model, x, y)
     grads = []
-    for variable in model.phi_variables:
+    for variable in model._phi_variables:
         base = variable.numpy()
         grad = np.zeros_like(base)
         for index in np.ndindex(base.shape):
@@ -67,8 +68,8 @@ def test_meta_gradient_matches_finite_differences_through_batch_norm(float64, lo
     """On JAX the target's BatchNormalization is Keras' own, unswitched: exact as it is."""
     model = _compiled_model(lookahead_steps)
     x, y = toy_batch(n=6, seed=3, dtype="float64")
-    model.train_on_batch(x, y)  # non-zero momentum buffers, moved BN statistics
-    assert {v.dtype for v in model.theta_variables + model.phi_variables} == {"float64"}
+    model.train_on_batch(x, y)  # non-zero momentums, moved BN statistics
+    assert {v.dtype for v in model._theta_variables + model._phi_variables} == {"float64"}
     _, analytic = model.meta_gradient(x, y)
     analytic = [to_numpy(g) for g in analytic]
     numeric = _finite_difference(model, x, y)
@@ -80,27 +81,27 @@ def test_meta_gradient_matches_finite_differences_through_batch_norm(float64, lo
 def test_meta_objective_is_the_loss_after_the_optimizers_own_lookahead_steps():
     """L_org(theta_{T+1}) equals the cross-entropy after T `optimizer.apply` steps on the
     matching loss and one on the cross-entropy, taken for real on a copy: the lookahead's
-    step order, objectives, starting buffers and rate are the optimizer's own."""
+    step order, objectives, starting momentums and rate are the optimizer's own."""
     x, y = toy_batch(n=8, seed=12)
     model, copy = _compiled_model(2), _compiled_model(2)
     rng = np.random.default_rng(13)
     for m in (model, copy):
-        m.optimizer.build(m.theta_variables)
+        m.optimizer.build(m._theta_variables)
     for a, b in zip(copy.optimizer.momentums, model.optimizer.momentums, strict=True):
-        buffer = rng.normal(scale=0.1, size=b.shape)  # the lookahead starts from these
-        a.assign(buffer)
-        b.assign(buffer)
+        momentum = rng.normal(scale=0.1, size=b.shape)  # the lookahead starts from these
+        a.assign(momentum)
+        b.assign(momentum)
     for a, b in zip(copy.weights, model.weights, strict=True):
         a.assign(b.numpy())
     meta_loss, _ = model.meta_gradient(x, y)
 
-    source = copy.source_forward(x)
-    channel_weights, pair_weights = copy.pair_weights(source)
-    theta = copy.theta_variables
+    source = copy._source_outputs(x)
+    channel_weights, pair_weights = copy._transfer_weights(source)
+    theta = copy._theta_variables
 
     def term(name):
-        student = copy.student_forward(x)
-        terms = copy.loss_terms(y, student, source, channel_weights, pair_weights)
+        target = copy._target_outputs(x)
+        terms = copy._loss_terms(y, target, source, channel_weights, pair_weights)
         return keras.ops.mean(terms[name])
 
     for name in ["matching"] * 2 + ["ce"]:
@@ -140,7 +141,7 @@ def test_user_batch_norm_is_made_exact():
     batch_norms = [
         layer for layer in model.target.layers if isinstance(layer, keras.layers.BatchNormalization)
     ]
-    assert batch_norms and keras_l2t.is_batch_norm_exact(model.target)
+    assert batch_norms and is_batch_norm_exact(model.target)
     if BACKEND == "tensorflow":  # switched to the synchronized (exact) moments
         assert all(layer.synchronized for layer in batch_norms)
         assert sorted(model.exact_batch_norm_layers) == ["tgt_bn0", "tgt_bn1"]
@@ -163,29 +164,42 @@ def test_layer_normalization_in_the_target_is_refused():
         keras_l2t.TransferModel(source, target, pairs=[("s_conv", "t_conv")])
 
 
-@tensorflow_only("tests the TensorFlow step's unrolling helper")
-def test_unrolled_meta_gradient_matches_the_reference_implementation_value():
-    import tensorflow as tf
-
-    from keras_l2t import tensorflow_step
-
+def test_update_rule_differentiated_through_its_steps_gives_the_reference_value():
     """The toy problem of the reference's MetaSGD self-test (SGD lr 0.1, momentum 0.9,
-    weight decay 0.01, 10 steps), whose printed meta-gradient is the expected value."""
-    lam = keras.Variable(np.zeros((2, 2)), dtype="float32")
-    params = [tf.constant([1.0, 3.0]), tf.constant([[-1.0, -2.0], [1.0, 0.0]])]
-    optimizer = keras_l2t.CoupledSGD(0.1, momentum=0.9, weight_decay=0.01)
-    rule = update_rule_for(optimizer, [])
+    weight decay 0.01, 10 steps), whose printed meta-gradient is the expected value: the
+    lookahead's update rule, differentiated through its steps as both backends do."""
+    params = [np.array([1.0, 3.0], "float32"), np.array([[-1.0, -2.0], [1.0, 0.0]], "float32")]
+    rule = update_rule_for(keras_l2t.CoupledSGD(0.1, momentum=0.9, weight_decay=0.01), [])
+    ops = keras.ops
 
-    def inner(p):
-        return tf.reduce_mean(p[0] ** 2) + tf.reduce_sum(lam * p[1] ** 2)
+    def meta_objective(lam, params, gradients):
+        momentums = [ops.zeros_like(p) for p in params]
+        for _ in range(10):
+            grads = gradients(lambda p: ops.mean(p[0] ** 2) + ops.sum(lam * p[1] ** 2), params)
+            params, momentums = rule.step(params, momentums, grads, 0.1)
+        return ops.mean(params[0] * params[1])
 
-    def outer(p):
-        return tf.reduce_mean(p[0] * p[1])
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
 
-    _, (grad,) = tensorflow_step.unrolled_meta_gradient(
-        params, [tf.zeros_like(p) for p in params], lambda: ([inner] * 10, outer),
-        lambda p, b, g: rule.step(p, b, g, 0.1), [lam],
-    )
+        def gradients(loss_fn, params):
+            with tf.GradientTape() as tape:
+                tape.watch(params)
+                loss = loss_fn(params)
+            return tape.gradient(loss, params)
+
+        lam = tf.zeros((2, 2))
+        with tf.GradientTape() as meta_tape:
+            meta_tape.watch(lam)
+            meta_loss = meta_objective(lam, [tf.constant(p) for p in params], gradients)
+        grad = meta_tape.gradient(meta_loss, lam)
+    else:
+        import jax
+
+        def gradients(loss_fn, params):
+            return jax.grad(loss_fn)(params)
+
+        grad = jax.grad(meta_objective)(jax.numpy.zeros((2, 2)), params, gradients)
     np.testing.assert_allclose(
-        grad.numpy(), [[-1.1952, -7.1712], [1.1952, 0.0]], atol=1e-4
+        to_numpy(grad), [[-1.1952, -7.1712], [1.1952, 0.0]], atol=1e-4
     )

@@ -27,14 +27,14 @@ def test_attention_transfer_golden_value():
 
 def test_distillation_golden_value():
     source = np.array([[2.0, 0.0, -2.0], [0.5, 0.5, 1.0]], "float32")
-    student = np.array([[0.0, 1.0, 0.0], [1.0, -1.0, 0.0]], "float32")
+    target = np.array([[0.0, 1.0, 0.0], [1.0, -1.0, 0.0]], "float32")
 
     def softmax(z):
         e = np.exp(z - z.max(-1, keepdims=True))
         return e / e.sum(-1, keepdims=True)
 
-    expected = -(softmax(source / 2) * np.log(softmax(student / 2))).sum(-1)
-    got = keras.ops.convert_to_numpy(losses.distillation(source, student, temperature=2.0))
+    expected = -(softmax(source / 2) * np.log(softmax(target / 2))).sum(-1)
+    got = keras.ops.convert_to_numpy(losses.distillation(source, target, temperature=2.0))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
@@ -100,7 +100,7 @@ def test_lwf_reads_a_softmax_source_as_probabilities():
     target = conv_net("tgt", [2, 3], 3)
     model = keras_l2t.TransferModel(probabilities, target, method="lwf")
     x, _ = _toy_task(n=4)
-    source_logits = model.source_forward(x).logits
+    source_logits = model._source_outputs(x).logits
     expected = keras.ops.log_softmax(source(x), axis=-1)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(source_logits),
                                keras.ops.convert_to_numpy(expected), rtol=1e-4, atol=1e-5)

@@ -29,7 +29,7 @@ def test_mixed_bfloat16_trains_and_its_meta_gradient_tracks_float32(policy):
     policy("mixed_bfloat16")
     model = toy_transfer_model(seed=2)
     assert model.target.get_layer("tgt_conv0").compute_dtype == "bfloat16"
-    assert all(v.dtype == "float32" for v in model.theta_variables + model.phi_variables)
+    assert all(v.dtype == "float32" for v in model._theta_variables + model._phi_variables)
     approximate = _meta_gradient(model, x, y)
     cosine = approximate @ exact / np.linalg.norm(approximate) / np.linalg.norm(exact)
     assert cosine > 0.99, cosine

@@ -11,6 +11,7 @@ from toy_networks import toy_batch, toy_transfer_model
 
 import keras_l2t
 from keras_l2t.data import augment
+from keras_l2t.exact_batch_norm import is_batch_norm_exact
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +34,8 @@ def test_transfer_model_round_trips_through_a_keras_file(tmp_path, trained):
     assert loaded.get_config()["pair_weight_activation"] == "relu6"
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
                                rtol=1e-6)
-    for a, b in zip(model.phi_variables + model.theta_variables,
-                    loaded.phi_variables + loaded.theta_variables):
+    for a, b in zip(model._phi_variables + model._theta_variables,
+                    loaded._phi_variables + loaded._theta_variables):
         assert a.path == b.path
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     for a, b in zip(model.optimizer.momentums, loaded.optimizer.momentums):
@@ -44,13 +45,14 @@ def test_transfer_model_round_trips_through_a_keras_file(tmp_path, trained):
     assert loaded.meta_optimizer.iterations.numpy() == 2  # the meta-optimizer's state too
     for a, b in zip(model.meta_optimizer.variables, loaded.meta_optimizer.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
-    assert keras_l2t.is_batch_norm_exact(loaded.target)
-    phi = [v.numpy() for v in loaded.phi_variables]
+    assert is_batch_norm_exact(loaded.target)
+    phi = [v.numpy() for v in loaded._phi_variables]
     loaded.fit(x, np.zeros(8, "int32"), batch_size=4, epochs=1, verbose=0)  # still trains
     assert loaded.meta_optimizer.iterations.numpy() == 4
-    assert all(not np.allclose(v.numpy(), w) for v, w in zip(loaded.phi_variables, phi))
+    assert all(not np.allclose(v.numpy(), w) for v, w in zip(loaded._phi_variables, phi))
 
 
+@pytest.mark.slow
 def test_exported_target_serves_in_a_process_without_keras_l2t(tmp_path, trained):
     model, x = trained
     model.export(tmp_path / "served", verbose=False)

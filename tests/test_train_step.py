@@ -18,47 +18,47 @@ def _compile(model, **kwargs):
 
 def _real_step_only(model, x, y):
     """The real step written out with a plain tape: theta moves, phi does not."""
-    source = model.source_forward(x)
-    channel_weights, pair_weights = model.pair_weights(source)
+    source = model._source_outputs(x)
+    channel_weights, pair_weights = model._transfer_weights(source)
 
     def loss():
-        student = model.student_forward(x)
-        terms = model.loss_terms(y, student, source, channel_weights, pair_weights)
+        target = model._target_outputs(x)
+        terms = model._loss_terms(y, target, source, channel_weights, pair_weights)
         return keras.ops.mean(terms["ce"] + terms["matching"])
 
-    grads = variable_gradients(loss, model.theta_variables, model.variables)
-    model.optimizer.apply(grads, model.theta_variables)
+    grads = variable_gradients(loss, model._theta_variables, model.variables)
+    model.optimizer.apply(grads, model._theta_variables)
 
 
 def test_after_a_step_only_the_real_step_and_the_meta_update_persist():
     x, y = toy_batch(n=8, seed=2)
     full, reference = _compile(toy_transfer_model(seed=3)), _compile(toy_transfer_model(seed=3))
     full.set_weights(reference.get_weights())
-    phi_before = [v.numpy() for v in full.phi_variables]
-    for _ in range(2):  # the second step's lookahead starts from real momentum buffers
-        for a, b in zip(reference.phi_variables, full.phi_variables):
+    phi_before = [v.numpy() for v in full._phi_variables]
+    for _ in range(2):  # the second step's lookahead starts from real momentums
+        for a, b in zip(reference._phi_variables, full._phi_variables):
             a.assign(b.numpy())  # the real step uses phi as the previous meta step left it
         full.train_on_batch(x, y)
         _real_step_only(reference, x, y)
 
     def state(model):
         return (
-            [v.numpy() for v in model.theta_variables]
-            + [v.numpy() for v in model.target_non_trainable_variables]  # BN statistics
+            [v.numpy() for v in model._theta_variables]
+            + [v.numpy() for v in model._target_non_trainable_variables]  # BN statistics
             + [v.numpy() for v in model.optimizer.momentums]
             + [model.optimizer.iterations.numpy()]
         )
 
     for a, b in zip(state(full), state(reference)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    moved = [not np.allclose(v.numpy(), b) for v, b in zip(full.phi_variables, phi_before)]
+    moved = [not np.allclose(v.numpy(), b) for v, b in zip(full._phi_variables, phi_before)]
     assert all(moved)
     assert full.meta_optimizer.iterations.numpy() == 2
 
 
 def test_the_meta_step_applies_the_meta_gradient_at_the_real_steps_result_with_its_l2():
     """phi_1 = phi_0 - lr * (d L_org(theta_{T+1}) / d phi + decay * phi_0), the lookahead
-    starting where the real step left theta and the momentum buffers."""
+    starting where the real step left theta and the momentums."""
     x, y = toy_batch(n=8, seed=8)
     decay, meta_lr = 1e-2, 10.0
     full, probe = (
@@ -67,12 +67,12 @@ def test_the_meta_step_applies_the_meta_gradient_at_the_real_steps_result_with_i
         for _ in range(2)
     )
     probe.set_weights(full.get_weights())
-    phi_before = [v.numpy() for v in full.phi_variables]
+    phi_before = [v.numpy() for v in full._phi_variables]
     full.train_on_batch(x, y)
     _real_step_only(probe, x, y)
     _, meta_grads = probe.meta_gradient(x, y)
     assert len(meta_grads) == len(phi_before)
-    for v, before, grad in zip(full.phi_variables, phi_before, meta_grads):
+    for v, before, grad in zip(full._phi_variables, phi_before, meta_grads):
         expected = before - meta_lr * (keras.ops.convert_to_numpy(grad) + decay * before)
         np.testing.assert_allclose(v.numpy(), expected, rtol=1e-4, atol=1e-6, err_msg=v.path)
 
@@ -90,7 +90,7 @@ def test_the_lookahead_replays_this_iterations_scheduled_learning_rate():
     scheduled.train_on_batch(x, y)
     constant.train_on_batch(x, y)
     assert keras.ops.convert_to_numpy(scheduled.optimizer.learning_rate) == np.float32(0.001)
-    for a, b in zip(scheduled.phi_variables, constant.phi_variables):
+    for a, b in zip(scheduled._phi_variables, constant._phi_variables):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7, err_msg=a.path)
 
 
@@ -103,7 +103,7 @@ class _RecordPhi(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.model.jax_state_sync()  # a no-op on TensorFlow
-        self.iterates.append([v.numpy() for v in self.model.phi_variables])
+        self.iterates.append([v.numpy() for v in self.model._phi_variables])
 
 
 def test_a_meta_optimizer_with_ema_leaves_its_moving_average_in_phi():
@@ -115,7 +115,7 @@ def test_a_meta_optimizer_with_ema_leaves_its_moving_average_in_phi():
     record = _RecordPhi()
     model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[record])
     assert len(record.iterates) == 2
-    for v, phi_1, phi_2 in zip(model.phi_variables, *record.iterates, strict=True):
+    for v, phi_1, phi_2 in zip(model._phi_variables, *record.iterates, strict=True):
         assert not np.allclose(phi_1, phi_2)
         np.testing.assert_allclose(v.numpy(), 0.25 * phi_1 + 0.75 * phi_2, rtol=1e-5,
                                    atol=1e-6, err_msg=v.path)
@@ -178,11 +178,11 @@ def test_fm_equals_l2t_ww_with_frozen_meta_networks_and_unit_pair_weights():
     for network in ww.pair_weight_networks:  # lambda = relu6(0 * x + 1) = 1
         network.kernel.assign(np.zeros(network.kernel.shape))
     fm_weights = {v.path: v for v in fm.weights}
-    for v in ww.theta_variables + ww.target_non_trainable_variables:
+    for v in ww._theta_variables + ww._target_non_trainable_variables:
         v.assign(fm_weights[v.path].numpy())
     fm.train_on_batch(x, y)
     ww.train_on_batch(x, y)
-    for a, b in zip(fm.theta_variables, ww.theta_variables):
+    for a, b in zip(fm._theta_variables, ww._theta_variables):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
 
 
@@ -212,18 +212,18 @@ def test_the_targets_own_losses_join_every_lookahead_objective_at_its_point():
     free = toy_transfer_model(seed=3, target=_regularized_target(5, 0.0, 0.0))
     regularized = toy_transfer_model(seed=3, target=_regularized_target(5, 0.3, 0.0))
     regularized.set_weights(free.get_weights())
-    params = [0.5 * v.value for v in free.theta_variables]  # not the variables' values
+    params = [0.5 * v.value for v in free._theta_variables]  # not the variables' values
     kernels = [0.5 * v.numpy() for v in regularized.target.trainable_variables
                if v.regularizer is not None]
     expected = 0.3 * sum(float(np.sum(k**2)) for k in kernels)
     objectives = []
     for model in (free, regularized):
-        source = model.source_forward(x)
-        state = [v.value for v in model.target_non_trainable_variables]
+        source = model._source_outputs(x)
+        state = [v.value for v in model._target_non_trainable_variables]
         objectives.append([
             float(objective(params))
-            for objective in model.lookahead_objectives(x, y, source, model.pair_weights(source),
-                                                        state, 8.0)
+            for objective in model._lookahead_objectives(
+                x, y, source, model._transfer_weights(source), state, 8.0)
         ])
     assert len(kernels) == 2 and len(objectives[0]) == 3  # T = 2 matching steps, then L_org
     np.testing.assert_allclose(np.subtract(objectives[1], objectives[0]), expected, rtol=1e-4)

@@ -5,17 +5,17 @@ import numpy as np
 import pytest
 
 import keras_l2t
-from keras_l2t.update_rules import update_rule_for
+from keras_l2t._update_rules import update_rule_for
 
 
 def _torch_sgd(p, grads, lr, momentum, wd, nesterov):
-    """torch.optim.SGD written out by hand: d = g + wd p; buf = m buf + d; p -= lr buf."""
-    buf = np.zeros_like(p)
+    """torch.optim.SGD written out by hand: d = g + wd p; m = momentum m + d; p -= lr m."""
+    m = np.zeros_like(p)
     for g in grads:
         d = g + wd * p
-        buf = momentum * buf + d
-        p = p - lr * (d + momentum * buf if nesterov else buf)
-    return p, buf
+        m = momentum * m + d
+        p = p - lr * (d + momentum * m if nesterov else m)
+    return p, m
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
@@ -28,9 +28,9 @@ def test_coupled_sgd_is_torch_sgd(float64, nesterov):
     optimizer = keras_l2t.CoupledSGD(0.125, momentum=0.9, weight_decay=0.01, nesterov=nesterov)
     for g in grads:
         optimizer.apply([keras.ops.convert_to_tensor(g)], [variable])
-    expected, buf = _torch_sgd(p0, grads, 0.125, 0.9, 0.01, nesterov)
+    expected, m = _torch_sgd(p0, grads, 0.125, 0.9, 0.01, nesterov)
     np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-12)
-    np.testing.assert_allclose(optimizer.momentums[0].numpy(), buf, rtol=1e-12)
+    np.testing.assert_allclose(optimizer.momentums[0].numpy(), m, rtol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,8 @@ def test_coupled_sgd_is_torch_sgd(float64, nesterov):
         lambda lr: keras.optimizers.SGD(lr),
     ],
 )
-def test_update_rule_replays_the_optimizer_with_its_buffers_and_schedule(float64, make_optimizer):
+def test_update_rule_replays_the_optimizer_with_its_momentums_and_schedule(float64,
+                                                                           make_optimizer):
     rng = np.random.default_rng(1)
     schedule = keras.optimizers.schedules.CosineDecay(0.3, decay_steps=5)
     variables = [keras.Variable(rng.normal(size=s), dtype="float64") for s in [(4,), (2, 3)]]
@@ -55,14 +56,14 @@ def test_update_rule_replays_the_optimizer_with_its_buffers_and_schedule(float64
         grads = [keras.ops.convert_to_tensor(rng.normal(size=v.shape)) for v in variables]
         values = [keras.ops.convert_to_tensor(v) for v in variables]
         learning_rate = optimizer.learning_rate
-        expected, buffers = rule.step(values, rule.slots(variables), grads, learning_rate)
+        expected, momentums = rule.step(values, rule.momentums(), grads, learning_rate)
         optimizer.apply(grads, variables)
         for variable, value in zip(variables, expected):
             np.testing.assert_allclose(variable.numpy(), keras.ops.convert_to_numpy(value),
                                        rtol=1e-12)
-        for slot, buffer in zip(rule.slots(variables), buffers):
-            np.testing.assert_allclose(keras.ops.convert_to_numpy(slot),
-                                       keras.ops.convert_to_numpy(buffer), rtol=1e-12)
+        for actual, replayed in zip(rule.momentums(), momentums):
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(actual),
+                                       keras.ops.convert_to_numpy(replayed), rtol=1e-12)
 
 
 def test_unknown_optimizers_and_unreplicable_options_are_refused():
@@ -70,6 +71,15 @@ def test_unknown_optimizers_and_unreplicable_options_are_refused():
         update_rule_for(keras.optimizers.Adam(), [])
     with pytest.raises(ValueError, match="clipnorm"):
         update_rule_for(keras.optimizers.SGD(clipnorm=1.0), [])
+
+
+def test_an_optimizer_built_on_other_variables_is_refused():
+    """The momentums are read by position: they must be those of the given variables."""
+    optimizer = keras_l2t.CoupledSGD()
+    optimizer.build([keras.Variable(np.zeros(3))])
+    rule = update_rule_for(optimizer, [keras.Variable(np.zeros((2, 2)))])
+    with pytest.raises(ValueError, match="built on 1 other variables.*new optimizer"):
+        rule.momentums()
 
 
 def _torch_adam(p, grads, lr, beta_1, beta_2, eps):

@@ -23,8 +23,11 @@ class ChannelWeights(keras.layers.Layer):
         (batch, C) non-negative weights that sum to one over channels.
 
     Example:
-        >>> layer = ChannelWeights()
-        >>> w = layer(keras.ops.ones((2, 64)))  # every entry 1/64
+        >>> import keras
+        >>> from keras_l2t.layers import ChannelWeights
+        >>> w = ChannelWeights()(keras.ops.ones((2, 64)))
+        >>> keras.ops.convert_to_numpy(w)[0, :2].tolist()  # zero-initialised: uniform
+        [0.015625, 0.015625]
 
     Reference:
         Jang et al., "Learning What and Where to Transfer", ICML 2019, Eq. (2).

@@ -27,8 +27,10 @@ class FeatureAdapter(keras.layers.Layer):
         (batch, height, width, channels).
 
     Example:
-        >>> adapter = FeatureAdapter(256)
-        >>> y = adapter(keras.ops.ones((2, 14, 14, 128)))  # (2, 14, 14, 256)
+        >>> import keras
+        >>> from keras_l2t.layers import FeatureAdapter
+        >>> tuple(FeatureAdapter(16)(keras.ops.ones((2, 4, 4, 8))).shape)
+        (2, 4, 4, 16)
     """
 
     def __init__(self, channels: int, **kwargs):

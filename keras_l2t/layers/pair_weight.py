@@ -37,7 +37,10 @@ class PairWeight(keras.layers.Layer):
         (batch,) pair weights.
 
     Example:
-        >>> lam = PairWeight()(keras.ops.zeros((2, 64)))  # [1.0, 1.0]
+        >>> import keras
+        >>> from keras_l2t.layers import PairWeight
+        >>> keras.ops.convert_to_numpy(PairWeight()(keras.ops.zeros((2, 64)))).tolist()
+        [1.0, 1.0]
 
     Reference:
         Jang et al., "Learning What and Where to Transfer", ICML 2019, Eq. (3).

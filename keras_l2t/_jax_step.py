@@ -1,19 +1,16 @@
 """One L2T-ww training iteration on JAX: Keras' stateless train step, compiled whole.
 
 Keras' JAX trainer calls `train_step(state, data)` with the values of every variable
-and expects the new values back (`jax_state.MetaOptimizerInJaxState` adds the
+and expects the new values back (`_jax_state.MetaOptimizerInJaxState` adds the
 meta-optimizer's variables to the optimizer's). The model's own methods read and write
 variables as usual; a `keras.StatelessScope` maps each variable to its value in the
-state, so they run unchanged on traced values. The blocks of the authors' iteration:
+state, so they run unchanged on traced values.
 
-1. real step: `jax.value_and_grad` of L_org + L_wfm in theta (phi held fixed), then
-   `optimizer.stateless_apply`; the batch-norm statistics come back from the scope;
-2. lookahead: T steps on L_wfm, then one on L_org, each `jax.grad` in theta followed by
-   the optimizer's pure update rule;
-3. meta step: `jax.value_and_grad` of L_org(theta_{T+1}) in phi (second order, exact:
-   Keras' JAX BatchNormalization keeps every gradient), then
-   `meta_optimizer.stateless_apply`;
-4. roll back: nothing to undo, the lookahead only produced values.
+`train_step` runs the authors' iteration in four numbered blocks, the same as
+`_tensorflow_step.train_step`: 1. real step, 2. lookahead, 3. meta-gradient, 4. meta
+step. The lookahead only produces values, so nothing is rolled back afterwards. The
+meta-gradient is exact: `jax.grad` through the lookahead, and Keras' JAX
+BatchNormalization keeps every second-order term.
 
 Under `keras.distribution.DataParallel` the compiled step sees the global batch, and
 XLA inserts the cross-device reductions, so one step equals the single-device step.
@@ -26,6 +23,8 @@ import weakref
 import jax
 import keras
 from keras import ops
+
+from keras_l2t._steps import unpack
 
 
 class _Values:
@@ -50,8 +49,6 @@ class _Values:
 
 def train_step(model, state, data):
     """`TransferModel.train_step` on JAX: `(state, data) -> (logs, new state)`."""
-    from keras_l2t.transfer_model import unpack
-
     trainable, non_trainable, optimizer_values, metrics_values = state
     x, y = unpack(data)
     optimizer_variables = list(model.optimizer.variables)
@@ -62,23 +59,25 @@ def train_step(model, state, data):
     values.set(optimizer_variables + meta_optimizer_variables, optimizer_values)
     values.set(model.metrics_variables, metrics_values)
 
-    batch = ops.cast(ops.shape(x)[0], model.loss_dtype)  # global under DataParallel
+    batch = ops.cast(ops.shape(x)[0], model._loss_dtype)  # global under DataParallel
     with values.scope():
-        source = model.source_forward(x)  # the only source forward of this batch
-        learning_rate = ops.convert_to_tensor(model.optimizer.learning_rate)  # before
-        channel_weights, pair_weights = model.pair_weights(source)
+        source = model._source_outputs(x)  # the only source forward of this batch
+        learning_rate = ops.convert_to_tensor(model.optimizer.learning_rate)  # alpha
+        channel_weights, pair_weights = model._transfer_weights(source)
     fixed = (
         [ops.stop_gradient(w) for w in channel_weights],
         [ops.stop_gradient(p) for p in pair_weights],
     )
 
-    # 1. Real step with phi fixed; BN statistics update inside the scope.
-    theta_variables = model.theta_variables
-    state_variables = model.target_non_trainable_variables
+    # 1. Real step, phi fixed: L_total = L_org + beta * L_wfm (+ the method's other terms),
+    #    theta_{t+1} = theta_t - alpha * dL_total/dtheta; the BN statistics come back
+    #    from the scope.
+    theta_variables = model._theta_variables
+    state_variables = model._target_non_trainable_variables
 
     def real_loss(theta):
         with values.scope(theta_variables, theta) as scope:
-            loss, terms, logits = model.real_step_loss(x, y, source, *fixed, batch)
+            loss, terms, logits = model._real_step_loss(x, y, source, *fixed, batch)
         new_state = [scope.get_current_value(v) for v in state_variables]
         return loss, (terms, logits, new_state)
 
@@ -94,9 +93,12 @@ def train_step(model, state, data):
 
     meta_loss = None
     if model.method.meta_learned:
+        # 2. Lookahead and 3. meta-gradient, from theta_{t+1}.
         meta_loss, meta_grads = _meta_gradient(model, values, x, y, source, learning_rate,
                                                batch)
-        phi_variables = model.phi_variables
+        # 4. Meta step: phi <- phi - eta * (dL_org(theta_{T+1})/dphi + wd * phi), through
+        #    the meta-optimizer.
+        phi_variables = model._phi_variables
         phi = values.get(phi_variables)
         meta_grads = [g + model.meta_weight_decay * p for g, p in zip(meta_grads, phi)]
         phi, new_meta_values = model.meta_optimizer.stateless_apply(
@@ -106,7 +108,7 @@ def train_step(model, state, data):
         values.set(meta_optimizer_variables, new_meta_values)
 
     with values.scope() as scope:
-        logs = model.record_step(x, y, terms, logits, channel_weights, pair_weights,
+        logs = model._record_step(x, y, terms, logits, channel_weights, pair_weights,
                                  meta_loss)
     values.set(model.metrics_variables,
                [scope.get_current_value(v) for v in model.metrics_variables])
@@ -127,7 +129,7 @@ def test_step(model, state, data):
     values.set(model.non_trainable_variables, non_trainable)
     values.set(model.metrics_variables, metrics_values)
     with values.scope() as scope:
-        logs = model.record_test(data)
+        logs = model._record_test(data)
     metrics_values = [scope.get_current_value(v) for v in model.metrics_variables]
     return logs, (trainable, non_trainable, metrics_values)
 
@@ -137,7 +139,7 @@ _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def meta_gradient(model, x, y, second_order=True):
-    """`TransferModel.meta_gradient` on JAX: steps 2-3 from the variables' values,
+    """`TransferModel.meta_gradient` on JAX: blocks 2-3 from the variables' values,
     compiled once per model, optimizers and `second_order`."""
     variables = model.variables + model._all_optimizer_variables()
     compiled = _COMPILED.setdefault(model, {})
@@ -147,9 +149,9 @@ def meta_gradient(model, x, y, second_order=True):
         def pure(variable_values, x, y):
             values = _Values()
             values.set(variables, variable_values)
-            batch = ops.cast(ops.shape(x)[0], model.loss_dtype)
+            batch = ops.cast(ops.shape(x)[0], model._loss_dtype)
             with values.scope():
-                source = model.source_forward(x)
+                source = model._source_outputs(x)
                 learning_rate = ops.convert_to_tensor(model.optimizer.learning_rate)
             return _meta_gradient(model, values, x, y, source, learning_rate, batch,
                                   second_order)
@@ -159,30 +161,36 @@ def meta_gradient(model, x, y, second_order=True):
 
 
 def _meta_gradient(model, values, x, y, source, learning_rate, batch, second_order=True):
-    """d L_org(theta_{T+1}) / d phi from the theta, buffers and statistics in `values`.
+    """Blocks 2-3: d L_org(theta_{T+1}) / d phi from the theta, momentums and statistics in
+    `values`.
 
     `second_order=False` treats the lookahead's gradients as constants (exactly zero).
 
     Returns:
-        (meta objective L_org(theta_{T+1}), gradients aligned with `model.phi_variables`).
+        (meta objective L_org(theta_{T+1}), gradients aligned with `model._phi_variables`).
     """
-    theta_variables = model.theta_variables
-    phi_variables = model.phi_variables
-    non_trainable = values.get(model.target_non_trainable_variables)
+    theta_variables = model._theta_variables
+    phi_variables = model._phi_variables
+    non_trainable = values.get(model._target_non_trainable_variables)
     with values.scope():
-        buffers = model.update_rule.slots(theta_variables)
+        start_momentums = model._update_rule.momentums()
 
     def lookahead_loss(phi):
         with values.scope(phi_variables, phi):
-            weights = model.pair_weights(source)  # phi enters here
-        objectives = model.lookahead_objectives(x, y, source, weights, non_trainable, batch)
-        params, slots = values.get(theta_variables), buffers
+            weights = model._transfer_weights(source)  # phi enters here, once
+        objectives = model._lookahead_objectives(x, y, source, weights, non_trainable, batch)
+        # 2. Lookahead, on values, from theta_0 = theta_{t+1}: for k = 0..T,
+        #    theta_{k+1} = theta_k - alpha * dL_k(theta_k)/dtheta with L_k = L_wfm for
+        #    k < T and L_org for k = T, each step the optimizer's own update.
+        params, momentums = values.get(theta_variables), start_momentums
         for objective in objectives:
             grads = jax.grad(objective)(params)
             if not second_order:
                 grads = [jax.lax.stop_gradient(g) for g in grads]
-            params, slots = model.update_rule.step(params, slots, grads, learning_rate)
-        return objectives[-1](params)
+            params, momentums = model._update_rule.step(params, momentums, grads,
+                                                        learning_rate)
+        return objectives[-1](params)  # L_org(theta_{T+1})
 
+    # 3. Meta-gradient d L_org(theta_{T+1}) / d phi, through every lookahead step.
     meta_loss, meta_grads = jax.value_and_grad(lookahead_loss)(values.get(phi_variables))
     return meta_loss, meta_grads

@@ -1,8 +1,8 @@
 """The theta optimizer's update rule as a pure function, for the L2T-ww lookahead.
 
 The lookahead must take exactly the step the real optimizer would take (same rule,
-same momentum buffers, same learning rate), but on tensors, so that the meta-gradient
-can flow through it. `update_rule_for(optimizer)` returns that function for the
+same momentums, same learning rate), but on tensors, so that the meta-gradient can
+flow through it. `update_rule_for(optimizer, variables)` returns that function for the
 optimizers whose rule is known, and refuses the others with a clear error.
 """
 
@@ -21,17 +21,17 @@ SUPPORTED = "keras_l2t.optimizers.CoupledSGD (PyTorch semantics) or keras.optimi
 
 @dataclass(frozen=True)
 class UpdateRule:
-    """A pure version of one optimizer's step.
+    """A pure version of one optimizer's step on a fixed list of variables.
 
     Attributes:
-        slots: `slots(variables)` returns the optimizer's current momentum buffers for
-            `variables` as tensors (zeros where the optimizer keeps none).
-        step: `step(values, buffers, gradients, learning_rate)` returns the new values
+        momentums: `momentums()` returns the optimizer's current momentums for the
+            variables as tensors (zeros where the optimizer keeps none).
+        step: `step(values, momentums, gradients, learning_rate)` returns the new values
             (projected by the variables' constraints, as `Optimizer.apply` does) and
-            buffers, lists aligned with `variables`.
+            momentums, lists aligned with the variables.
     """
 
-    slots: Callable[[Sequence[keras.Variable]], list]
+    momentums: Callable[[], list]
     step: Callable[[list, list, list, object], tuple[list, list]]
 
 
@@ -41,7 +41,8 @@ def update_rule_for(optimizer: keras.optimizers.Optimizer,
 
     Args:
         optimizer: The optimizer of the target network (theta).
-        variables: The variables it updates, in a fixed order.
+        variables: The variables it updates, in the order the optimizer is built on
+            them (its `momentums` are read by position).
 
     Returns:
         An `UpdateRule`.
@@ -51,7 +52,7 @@ def update_rule_for(optimizer: keras.optimizers.Optimizer,
     """
     _reject_unreplicable_options(optimizer)
     if isinstance(optimizer, CoupledSGD):
-        rule = _coupled_sgd_rule(optimizer)
+        rule = _coupled_sgd_rule(optimizer, variables)
     elif type(optimizer) is keras.optimizers.SGD:
         rule = _keras_sgd_rule(optimizer, variables)
     else:
@@ -70,23 +71,23 @@ def _with_constraints(rule: UpdateRule, variables: Sequence[keras.Variable]) -> 
     if not any(constraints):
         return rule
 
-    def step(values, buffers, gradients, learning_rate):
-        values, buffers = rule.step(values, buffers, gradients, learning_rate)
-        return [c(v) if c is not None else v for c, v in zip(constraints, values)], buffers
+    def step(values, momentums, gradients, learning_rate):
+        values, momentums = rule.step(values, momentums, gradients, learning_rate)
+        return [c(v) if c is not None else v for c, v in zip(constraints, values)], momentums
 
-    return UpdateRule(slots=rule.slots, step=step)
+    return UpdateRule(momentums=rule.momentums, step=step)
 
 
-def _coupled_sgd_rule(optimizer: CoupledSGD) -> UpdateRule:
-    def step(values, buffers, gradients, learning_rate):
+def _coupled_sgd_rule(optimizer: CoupledSGD, variables: Sequence[keras.Variable]) -> UpdateRule:
+    def step(values, momentums, gradients, learning_rate):
         new = [
-            coupled_sgd_update(v, g, b, ops.cast(learning_rate, v.dtype), optimizer.momentum,
+            coupled_sgd_update(v, g, m, ops.cast(learning_rate, v.dtype), optimizer.momentum,
                                optimizer.coupled_weight_decay, optimizer.nesterov)
-            for v, g, b in zip(values, gradients, buffers)
+            for v, g, m in zip(values, gradients, momentums)
         ]
-        return [v for v, _ in new], [b for _, b in new]
+        return [v for v, _ in new], [m for _, m in new]
 
-    return UpdateRule(slots=lambda variables: _momentum_slots(optimizer, variables), step=step)
+    return UpdateRule(momentums=lambda: _momentums(optimizer, variables), step=step)
 
 
 def _keras_sgd_rule(optimizer: keras.optimizers.SGD,
@@ -97,34 +98,41 @@ def _keras_sgd_rule(optimizer: keras.optimizers.SGD,
         optimizer.weight_decay is not None and optimizer._use_weight_decay(v) for v in variables
     ]
 
-    def step(values, buffers, gradients, learning_rate):
-        new_values, new_buffers = [], []
-        for value, gradient, buffer, decay in zip(values, gradients, buffers, decays):
+    def step(values, momentums, gradients, learning_rate):
+        new_values, new_momentums = [], []
+        for value, gradient, m, decay in zip(values, gradients, momentums, decays):
             # Keras casts its hyper-parameters to the variable's dtype (through float32).
             lr = ops.cast(learning_rate, value.dtype)
             if decay:
                 value = value - value * ops.cast(optimizer.weight_decay, value.dtype) * lr
             if optimizer.momentum == 0:
                 new_values.append(value - lr * gradient)
-                new_buffers.append(buffer)
+                new_momentums.append(m)
                 continue
             momentum = ops.cast(optimizer.momentum, value.dtype)
-            buffer = momentum * buffer - lr * gradient
-            update = momentum * buffer - lr * gradient if optimizer.nesterov else buffer
+            m = momentum * m - lr * gradient
+            update = momentum * m - lr * gradient if optimizer.nesterov else m
             new_values.append(value + update)
-            new_buffers.append(buffer)
-        return new_values, new_buffers
+            new_momentums.append(m)
+        return new_values, new_momentums
 
-    return UpdateRule(slots=lambda v: _momentum_slots(optimizer, v), step=step)
+    return UpdateRule(momentums=lambda: _momentums(optimizer, variables), step=step)
 
 
-def _momentum_slots(optimizer, variables):
-    if not getattr(optimizer, "momentums", None):
+def _momentums(optimizer, variables: Sequence[keras.Variable]) -> list:
+    """The optimizer's momentums for `variables`, the list it was built on (`compile`
+    builds it on exactly these), so its i-th momentum belongs to the i-th variable."""
+    momentums = getattr(optimizer, "momentums", None)
+    if not momentums:
         return [ops.zeros(v.shape, v.dtype) for v in variables]
-    return [
-        ops.convert_to_tensor(optimizer.momentums[optimizer._get_variable_index(v)])
-        for v in variables
-    ]
+    shapes = [tuple(v.shape) for v in variables]
+    if [tuple(m.shape) for m in momentums] != shapes:
+        raise ValueError(
+            f"The optimizer '{optimizer.name}' was built on {len(momentums)} other "
+            f"variables, not on the model's {len(shapes)} trained ones: give compile() "
+            "a new optimizer, not one already used on another model."
+        )
+    return [ops.convert_to_tensor(m) for m in momentums]
 
 
 def _reject_unreplicable_options(optimizer):

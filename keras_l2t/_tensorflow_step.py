@@ -1,0 +1,119 @@
+"""One L2T-ww training iteration on TensorFlow: the only module with tapes and tf.distribute.
+
+`train_step` runs the authors' iteration (alinlab/L2T-ww) in four numbered blocks, the
+same as `_jax_step.train_step`: 1. real step, 2. lookahead, 3. meta-gradient, 4. meta
+step. The lookahead replays the optimizer's update rule on tensors, never on the
+variables, so nothing is rolled back afterwards: its batch-norm statistics are dropped
+and the momentums were only read. The meta-gradient is exact (nested tapes, second
+order).
+
+Under `tf.distribute`, every loss is a sum over the replica's examples divided by the
+global batch size, the optimizers sum the replicas' gradients, and the lookahead's
+gradients are all-reduced so each replica takes the step one device would take. The
+all-reduce's gradient is an all-reduce too, so the meta-gradient summed over replicas
+is the single-device one.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from keras_l2t._steps import unpack
+
+
+def sum_across_replicas(values):
+    """Sums `values` (a tensor or a list of tensors) over the replicas, differentiably."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return values
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, values)
+
+
+def global_batch_size(x, dtype) -> tf.Tensor:
+    """The number of examples in this step over all replicas, as a `dtype` scalar."""
+    return sum_across_replicas(tf.cast(tf.shape(x)[0], dtype))
+
+
+def train_step(model, data) -> dict:
+    """Runs one iteration of `model` (a `TransferModel`) on one batch; returns the logs."""
+    x, y = unpack(data)
+    batch = global_batch_size(x, model._loss_dtype)
+    source = model._source_outputs(x)  # the only source forward of this batch
+    learning_rate = tf.convert_to_tensor(model.optimizer.learning_rate)  # alpha, before 1.
+    channel_weights, pair_weights = model._transfer_weights(source)
+    fixed = (
+        [tf.stop_gradient(w) for w in channel_weights],
+        [tf.stop_gradient(p) for p in pair_weights],
+    )
+
+    # 1. Real step, phi fixed: L_total = L_org + beta * L_wfm (+ the method's other terms),
+    #    theta_{t+1} = theta_t - alpha * dL_total/dtheta; the BN statistics update here.
+    theta = model._theta_variables
+    with tf.GradientTape() as tape:
+        loss, terms, logits = model._real_step_loss(x, y, source, *fixed, batch)
+    model.optimizer.apply(tape.gradient(loss, theta), theta)
+
+    meta_loss = None
+    if model.method.meta_learned:
+        # 2. Lookahead and 3. meta-gradient, from theta_{t+1}.
+        meta_loss, meta_grads = _meta_gradient(model, x, y, source, learning_rate, batch)
+        # 4. Meta step: phi <- phi - eta * (dL_org(theta_{T+1})/dphi + wd * phi), through
+        #    the meta-optimizer (which sums the replicas' gradients: each adds its share).
+        decay = model.meta_weight_decay / tf.distribute.get_strategy().num_replicas_in_sync
+        phi = model._phi_variables
+        meta_grads = [g + decay * tf.convert_to_tensor(v) for g, v in zip(meta_grads, phi)]
+        model.meta_optimizer.apply(meta_grads, phi)
+        meta_loss = sum_across_replicas(meta_loss)  # the global batch's value, to report
+    return model._record_step(x, y, terms, logits, channel_weights, pair_weights, meta_loss)
+
+
+def test_step(model, data) -> dict:
+    """`TransferModel.test_step` on TensorFlow."""
+    return model._record_test(data)
+
+
+def meta_gradient(model, x, y, second_order=True):
+    """`TransferModel.meta_gradient` on TensorFlow: blocks 2-3 from the current state."""
+    batch = global_batch_size(x, model._loss_dtype)
+    learning_rate = tf.convert_to_tensor(model.optimizer.learning_rate)
+    return _meta_gradient(
+        model, x, y, model._source_outputs(x), learning_rate, batch, second_order
+    )
+
+
+def _meta_gradient(model, x, y, source, learning_rate, batch, second_order=True):
+    """Blocks 2-3: d L_org(theta_{T+1}) / d phi from the current theta and momentums.
+
+    `second_order=False` drops the inner gradients' dependence on phi, which makes the
+    result exactly zero (kept to show why the exact second-order gradient is needed).
+
+    Returns:
+        (meta objective L_org(theta_{T+1}), gradients aligned with `model._phi_variables`).
+    """
+    phi = model._phi_variables
+    params = [tf.convert_to_tensor(v) for v in model._theta_variables]
+    momentums = model._update_rule.momentums()
+    non_trainable = [tf.convert_to_tensor(v) for v in model._target_non_trainable_variables]
+    with tf.GradientTape() as meta_tape:
+        weights = model._transfer_weights(source)  # phi enters here, once
+        objectives = model._lookahead_objectives(x, y, source, weights, non_trainable, batch)
+        # 2. Lookahead, on tensors, from theta_0 = theta_{t+1}: for k = 0..T,
+        #    theta_{k+1} = theta_k - alpha * dL_k(theta_k)/dtheta with L_k = L_wfm for
+        #    k < T and L_org for k = T, each step the optimizer's own update.
+        for objective in objectives:
+            with tf.GradientTape() as tape:
+                tape.watch(params)
+                loss = objective(params)
+            grads = tape.gradient(loss, params,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            grads = sum_across_replicas(list(grads))
+            if not second_order:
+                grads = [tf.stop_gradient(g) for g in grads]
+            params, momentums = model._update_rule.step(params, momentums, grads,
+                                                        learning_rate)
+        meta_loss = objectives[-1](params)  # L_org(theta_{T+1})
+    # 3. Meta-gradient d L_org(theta_{T+1}) / d phi, through every lookahead step.
+    # Zeros are filled in by hand: TF's UnconnectedGradients.ZERO fails on Keras variables.
+    meta_grads = meta_tape.gradient(meta_loss, phi)
+    meta_grads = [tf.zeros(v.shape, v.dtype) if g is None else g for g, v in zip(meta_grads, phi)]
+    return meta_loss, meta_grads
