@@ -58,7 +58,7 @@ import tensorflow as tf
 
 from keras_l2t import CoupledSGD, TorchAdam, TransferModel
 from keras_l2t.data import load_dataset
-from keras_l2t.experiment.small_networks import small_cnn, small_cnn_taps
+from keras_l2t.networks import small_cnn, small_cnn_taps
 from keras_l2t.source_pretraining import SOURCE_FILE_NAME, pretrain_source
 
 SOURCE_NET = "cnn_32_64_128"
@@ -207,7 +207,7 @@ class MetaGradientProbe(keras.callbacks.Callback):
         train_loss, train_norm = self._measure(self.train)
         held_loss, held_norm = self._measure(self.held_out)
         phi = float(tf.linalg.global_norm([tf.convert_to_tensor(v)
-                                           for v in self.model.phi_variables]))
+                                           for v in self.model._phi_variables]))
         self.rows.append({"chunk": epoch, "meta_ce_train": train_loss,
                           "meta_grad_norm_train": train_norm, "meta_ce_held_out": held_loss,
                           "meta_grad_norm_held_out": held_norm, "phi_norm": phi})
@@ -258,7 +258,7 @@ def run_one(args: argparse.Namespace, setting: str, method: str, seed: int,
         meta_optimizer=META_OPTIMIZERS[args.meta_optimizer](meta_learning_rate),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
-    phi_start = [v.numpy() for v in model.phi_variables]
+    phi_start = [v.numpy() for v in model._phi_variables]
     log = ChunkLog()
     callbacks: list[keras.callbacks.Callback] = [log]
     if held_out is not None:
@@ -286,7 +286,7 @@ def run_one(args: argparse.Namespace, setting: str, method: str, seed: int,
         result["ce_by_chunk"] = [row.get("ce") for row in log.rows]
         result["phi_change"] = {
             v.path: float(np.linalg.norm(v.numpy() - s))
-            for v, s in zip(model.phi_variables, phi_start)
+            for v, s in zip(model._phi_variables, phi_start)
         }
         last = log.rows[-1]
         result["pairs_detail"] = [

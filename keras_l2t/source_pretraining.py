@@ -38,7 +38,8 @@ def step_decay(
     `torch.optim.lr_scheduler.MultiStepLR([f * epochs, ...])` stepped once per epoch.
 
     Example:
-        >>> [step_decay(e, 4) for e in range(4)]  # doctest: +SKIP
+        >>> from keras_l2t.source_pretraining import step_decay
+        >>> [round(step_decay(e, 4), 6) for e in range(4)]
         [0.1, 0.1, 0.01, 0.001]
     """
     passed = sum(epoch >= fraction * epochs for fraction in milestones)
@@ -83,11 +84,6 @@ def pretrain_source(
     Returns:
         The path of the saved `.keras` file; `keras_l2t.sources.load_source(path)`
         loads it as a frozen source.
-
-    Example:
-        >>> model = build_network("resnet32", num_classes=200)  # doctest: +SKIP
-        >>> path = pretrain_source(model, train, val, 200, "work/resnet32_tiny")  # doctest: +SKIP
-        >>> source = load_source(path)  # doctest: +SKIP
     """
     work_dir = os.fspath(work_dir)
     os.makedirs(work_dir, exist_ok=True)

@@ -3,18 +3,15 @@
 `train.py` parses flags into an `ExperimentConfig` and calls `run_experiment`; nothing
 in this package reads flags.
 
-Example:
-    >>> from keras_l2t.experiment import ExperimentConfig, run_experiment
-    >>> results = run_experiment(ExperimentConfig(
-    ...     dataset="fashion_mnist", target="cnn_16_32", method="scratch",
-    ...     epochs=2, work_dir="/tmp/run"))  # doctest: +SKIP
+Modules: `config` (the config), `run` (networks, training, evaluation, records, the
+run), `data`, `strategy`, `checkpoints`, `work_dir` (its layout and files), `export`
+(the serving SavedModel), `errors`.
 """
 
 from keras_l2t.experiment.config import ExperimentConfig
-from keras_l2t.experiment.errors import ExperimentError
+from keras_l2t.experiment.errors import ExperimentError, NonFiniteLoss
 from keras_l2t.experiment.export import export_target
-from keras_l2t.experiment.loop import NonFiniteLoss
-from keras_l2t.experiment.runner import run_experiment
+from keras_l2t.experiment.run import run_experiment
 from keras_l2t.experiment.strategy import make_strategy, set_cpu_devices
 
 __all__ = [

@@ -35,10 +35,6 @@ class TrainingState:
         epoch: Finished epochs of the restored or last saved checkpoint.
         best_epoch: The epoch with the best validation accuracy (-1 before any).
         best_val_accuracy: That accuracy (-1.0 before any).
-
-    Example:
-        >>> state = TrainingState(model, "run/checkpoints")
-        >>> state.restore_last()  # 0 for a fresh run
     """
 
     def __init__(self, model: TransferModel, directory: str, read_directory: str | None = None):

@@ -13,18 +13,18 @@ import re
 from typing import Any
 
 from keras_l2t.experiment.errors import ExperimentError
+from keras_l2t.pairs import PAIR_PRESETS
 
 MODES = ("transfer", "pretrain_source")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PROGRESS = ("auto", "bar", "line")
 LR_SCHEDULES = ("cosine", "constant")
-PAIR_PRESETS = ("all", "one_to_one", "single")
 
 # Fields that may change between a run and its resume without changing the experiment.
 RUNTIME_FIELDS = frozenset(
     {
         "work_dir", "data_dir", "download", "strategy", "cpu_devices", "progress",
-        "overwrite", "deterministic", "testing_kill_at_step", "source_weights",
+        "overwrite", "deterministic", "source_weights",
     }
 )
 
@@ -40,9 +40,12 @@ class ExperimentConfig:
     Every field is a `train.py` flag of the same name (see docs/experiments.md).
 
     Example:
+        >>> from keras_l2t.experiment import ExperimentConfig
         >>> config = ExperimentConfig(dataset="fashion_mnist", target="cnn_8_16",
-        ...                           method="scratch", epochs=1, work_dir="/tmp/run")
+        ...                           method="scratch", epochs=1, work_dir="run")
         >>> config.validate()
+        >>> config.differences(ExperimentConfig(**{**config.to_dict(), "epochs": 2}))
+        ['epochs']
     """
 
     # What to run.
@@ -112,12 +115,13 @@ class ExperimentConfig:
     max_steps_per_epoch: int | None = _field(None, "Cap the steps of each epoch (smoke "
                                              "tests).")
     overwrite: bool = _field(False, "Delete an existing experiment in work_dir first.")
-    testing_kill_at_step: int | None = _field(None, "Testing only: SIGKILL this process "
-                                              "at this global step.")
 
     # ---------------------------------------------------------------- checks
     def validate(self) -> None:
         """Checks the fields on their own (no file or network access).
+
+        The values the library checks itself (the method's networks and arguments,
+        `TransferModel`'s) are checked when the run builds them, before it writes.
 
         Raises:
             ExperimentError: naming the flag and the fix.
@@ -133,14 +137,14 @@ class ExperimentConfig:
                 "(or a --flagfile that sets them, e.g. --flagfile=configs/demo.flags)."
             )
         from keras_l2t.data import get_spec
-        from keras_l2t.methods import METHODS
+        from keras_l2t.methods import get_method
 
-        try:
-            get_spec(self.dataset)
-        except ValueError as error:
-            raise ExperimentError(f"--dataset: {error}") from None
-        _one_of("method", self.method, tuple(sorted(METHODS)))
-        for name in ("epochs", "lookahead_steps", "source_pretrain_batch_size"):
+        for flag, check in (("dataset", get_spec), ("method", get_method)):
+            try:
+                check(getattr(self, flag))
+            except ValueError as error:
+                raise ExperimentError(f"--{flag}: {error}") from None
+        for name in ("epochs", "source_pretrain_batch_size"):
             if getattr(self, name) < 1:
                 raise ExperimentError(f"--{name} must be >= 1, got {getattr(self, name)}.")
         for name in ("batch_size", "eval_batch_size", "image_size", "samples_per_class",
@@ -168,9 +172,6 @@ class ExperimentConfig:
             raise ExperimentError(
                 f"--distillation_temperature must be > 0, got {self.distillation_temperature}."
             )
-        from keras_l2t.layers.pair_weight import PAIR_WEIGHT_ACTIVATIONS
-
-        _one_of("pair_weight_activation", self.pair_weight_activation, PAIR_WEIGHT_ACTIVATIONS)
         parse_range("train_indices", self.train_indices)
         parse_range("source_pretrain_indices", self.source_pretrain_indices)
         self.pair_list()
@@ -242,6 +243,7 @@ def parse_range(name: str, value: str | None) -> range | None:
     """Parses "START:STOP" into a range (None stays None).
 
     Example:
+        >>> from keras_l2t.experiment.config import parse_range
         >>> parse_range("train_indices", "0:50000")
         range(0, 50000)
     """

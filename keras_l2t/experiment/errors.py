@@ -1,4 +1,4 @@
-"""The one error type the experiment raises for problems a user can fix."""
+"""The errors the experiment raises: problems a user can fix, and a diverged loss."""
 
 from __future__ import annotations
 
@@ -17,3 +17,7 @@ class ExperimentError(ValueError):
 
     def __init__(self, message: str):
         super().__init__(_TERMINAL_STYLES.sub("", message))
+
+
+class NonFiniteLoss(ExperimentError):
+    """The training loss became NaN or infinite; training stopped before saving."""

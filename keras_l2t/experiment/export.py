@@ -18,8 +18,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from keras_l2t._network_checks import outputs_logits
 from keras_l2t.data import augment
-from keras_l2t.network_checks import outputs_logits
 
 
 def export_target(target: keras.Model, path: str, image_size: int) -> None:
@@ -31,10 +31,7 @@ def export_target(target: keras.Model, path: str, image_size: int) -> None:
         image_size: The side the target was trained at (it also picks the evaluation
             transform, as the data pipeline does).
 
-    Example:
-        >>> export_target(model.target, "run/export", 224)  # doctest: +SKIP
-        >>> served = tf.saved_model.load("run/export")  # doctest: +SKIP
-        >>> served.serve(tf.zeros([1, 300, 400, 3], tf.uint8))["classes"]  # doctest: +SKIP
+    Serve it with `tf.saved_model.load(path).serve(uint8_images)["classes"]`.
     """
     from_logits = outputs_logits(target)
     transform = augment.eval_transform(augment.default_augmentation(image_size), image_size)

@@ -27,9 +27,10 @@ class JaxStrategy:
             batch over with `keras.distribution.DataParallel`; None for one device.
 
     Example:
-        >>> strategy = JaxStrategy(keras.distribution.list_devices())
-        >>> with strategy.scope():  # variables are replicated, batches split
-        ...     model = build_model()  # doctest: +SKIP
+        >>> from keras_l2t.experiment.strategy import JaxStrategy
+        >>> strategy = JaxStrategy()  # JaxStrategy(devices) splits each batch over them
+        >>> strategy.num_replicas_in_sync
+        1
     """
 
     def __init__(self, devices: list[str] | None = None):

@@ -48,7 +48,9 @@ def resnet32(
         named `stage{s}_block{b}_...`.
 
     Example:
-        >>> source = resnet32(num_classes=200)  # doctest: +SKIP
+        >>> from keras_l2t.networks import resnet32
+        >>> resnet32(num_classes=200).get_layer("stage3_out").output.shape
+        (None, 8, 8, 64)
     """
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = keras.layers.Conv2D(

@@ -58,9 +58,6 @@ def resnet18(
     Returns:
         A flat functional model whose taps `stage1_out` ... `stage4_out` give
         56x56x64, 28x28x128, 14x14x256 and 7x7x512 at 224 px.
-
-    Example:
-        >>> model = resnet18(num_classes=200)  # doctest: +SKIP
     """
     return _imagenet_resnet("resnet18", num_classes, input_shape, exact_batch_norm, name)
 
@@ -74,9 +71,6 @@ def resnet34(
     """ResNet-34, ImageNet style, with a logits head (the paper's 224-px source).
 
     Args and Returns are as for `resnet18`; the taps have the same shapes.
-
-    Example:
-        >>> model = resnet34(num_classes=1000)  # doctest: +SKIP
     """
     return _imagenet_resnet("resnet34", num_classes, input_shape, exact_batch_norm, name)
 

@@ -32,7 +32,12 @@ def load_network(path: str | os.PathLike, exact_batch_norm: bool = True) -> kera
             subclassed model (no layer graph to tap: rebuild it with the functional API).
 
     Example:
-        >>> target = load_network("my_target.keras")  # doctest: +SKIP
+        >>> import os, tempfile
+        >>> from keras_l2t.networks import load_network, small_cnn
+        >>> path = os.path.join(tempfile.mkdtemp(), "target.keras")
+        >>> small_cnn("cnn_4", num_classes=3, input_shape=(8, 8, 3)).save(path)
+        >>> load_network(path).name
+        'cnn_4'
     """
     path = os.fspath(path)
     if not os.path.exists(path):

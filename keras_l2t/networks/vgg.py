@@ -49,7 +49,9 @@ def vgg9(
         2x2x512 at 32 px.
 
     Example:
-        >>> target = vgg9(num_classes=100)  # doctest: +SKIP
+        >>> from keras_l2t.networks import vgg9
+        >>> vgg9(num_classes=100).get_layer("stage5_out").output.shape
+        (None, 2, 2, 512)
     """
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = inputs

@@ -11,6 +11,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(ROOT, "train.py")
+# train.py with a callback that SIGKILLs it at --kill_at_step.
+KILLED_TRAIN = os.path.join(ROOT, "tests", "experiment", "killed_train.py")
 NUM_TRAIN, NUM_TEST = 60, 20
 
 
@@ -40,7 +42,7 @@ def make_source_file(path: str) -> str:
     """A small random 'pretrained' source network saved as .keras (8 px input)."""
     import keras
 
-    from keras_l2t.experiment.small_networks import small_cnn
+    from keras_l2t.networks import small_cnn
 
     keras.utils.set_random_seed(1)
     small_cnn("cnn_4_6", num_classes=10, input_shape=(8, 8, 3), exact_batch_norm=False).save(path)
@@ -72,10 +74,10 @@ def tiny_config(work_dir: str, data_dir: str, source: str, **overrides):
 
 
 def run_train(flags: list[str], env: dict | None = None, timeout: int = 180,
-              **kwargs) -> subprocess.CompletedProcess:
-    """Runs train.py in a fresh process; returns the finished process (text output)."""
+              script: str = TRAIN, **kwargs) -> subprocess.CompletedProcess:
+    """Runs train.py (or `script`) in a fresh process; returns the finished process."""
     full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
-    return subprocess.run([sys.executable, TRAIN, *flags], capture_output=True, text=True,
+    return subprocess.run([sys.executable, script, *flags], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=ROOT, **kwargs)
 
 

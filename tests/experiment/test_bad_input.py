@@ -27,7 +27,7 @@ def _config(work_dir, fashion_dir, source_file, **overrides) -> ExperimentConfig
     "overrides, message",
     [
         (dict(dataset="imagenet21k"), "Unknown dataset 'imagenet21k'"),
-        (dict(method="l2t_www"), "--method='l2t_www' is not one of"),
+        (dict(method="l2t_www"), "--method: Unknown method 'l2t_www'. Choose one of"),
         (dict(target="resnet19"), "Unknown network 'resnet19'"),
         (dict(target_layers=["stage1_out", "stage9_out"]),
          "--target_layers: The target model 'cnn_3_4' has no layer named 'stage9_out'"),
@@ -55,7 +55,9 @@ def _config(work_dir, fashion_dir, source_file, **overrides) -> ExperimentConfig
         (dict(method="lwf", distillation_temperature=0.0),
          "--distillation_temperature must be > 0"),
         (dict(pair_weight_activation="bogus"),
-         "--pair_weight_activation='bogus' is not one of relu6, relu, relu_avg, constant"),
+         "--pair_weight_activation: Unknown pair weight activation 'bogus'. Choose one of "
+         "('relu6', 'relu', 'relu_avg', 'constant')"),
+        (dict(lookahead_steps=0), "--lookahead_steps: lookahead_steps must be an integer >= 1"),
         (dict(image_size=2, method="scratch"), "Network 'cnn_3_4' cannot take 2-px images"),
         (dict(image_size=16), "takes 8x8 images, not --image_size=16; pass --image_size=8"),
         (dict(source="cnn_4_6", source_pretrain_epochs=1, source_pretrain_indices="0:999"),
@@ -184,6 +186,7 @@ def test_missing_data_names_the_package(tmp_path, source_file):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_command_line_errors_exit_non_zero_with_one_line(tmp_path, fashion_dir, source_file):
     missing = run_train(["--flagfile=configs/no_such.flags"])
     assert missing.returncode == 2
@@ -201,7 +204,8 @@ def test_command_line_errors_exit_non_zero_with_one_line(tmp_path, fashion_dir, 
                                              method="l2t_w")) + "\n")
     bad = run_train([f"--flagfile={flagfile}", "--method=nonsense"])
     assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines()[-1].startswith("error: --method='nonsense'")
+    assert bad.stderr.strip().splitlines()[-1].startswith(
+        "error: --method: Unknown method 'nonsense'")
     assert "Traceback" not in bad.stderr
     assert not os.path.exists(work_dir)
 

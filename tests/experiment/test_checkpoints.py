@@ -9,7 +9,7 @@ import numpy as np
 
 from keras_l2t import CoupledSGD, TransferModel
 from keras_l2t.experiment.checkpoints import TrainingState
-from keras_l2t.experiment.small_networks import small_cnn
+from keras_l2t.networks import small_cnn
 
 
 def _model() -> TransferModel:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import os
 
 import keras
+import pytest
 from experiment_helpers import load_json, run_train, tiny_flags
+
+pytestmark = pytest.mark.slow  # every test here starts train.py
 
 
 def test_mirrored_run_over_two_replicas(tmp_path, fashion_dir, source_file):

@@ -26,6 +26,7 @@ def _free_ports(count: int) -> list[int]:
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                     reason="--strategy=multi_worker is TensorFlow's MultiWorkerMirroredStrategy")
+@pytest.mark.slow
 def test_two_workers_finish_with_identical_weights(tmp_path, fashion_dir, source_file):
     work_dir = str(tmp_path / "run")
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
@@ -64,6 +65,7 @@ def test_two_workers_finish_with_identical_weights(tmp_path, fashion_dir, source
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                     reason="--strategy=multi_worker is TensorFlow's MultiWorkerMirroredStrategy")
+@pytest.mark.slow
 def test_a_worker_port_in_use_is_one_clear_error(tmp_path, fashion_dir, source_file):
     work_dir = str(tmp_path / "run")
     with socket.socket() as taken:

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from experiment_helpers import checkpoint_state, checkpoint_values, load_json
 
-from keras_l2t.experiment import ExperimentConfig, NonFiniteLoss, loop, run_experiment
+from keras_l2t.experiment import ExperimentConfig, NonFiniteLoss, run, run_experiment
 from keras_l2t.experiment.data import ExperimentData
 
 
@@ -31,13 +31,13 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_checkpoint(tmp_path, fash
 
     monkeypatch.setattr(ExperimentData, "train", poisoned)
     in_main_thread = set()
-    check_step = loop.check_step
+    check_step = run.check_step
 
     def recorded_check_step(*args, **kwargs):
         in_main_thread.add(threading.current_thread() is threading.main_thread())
         return check_step(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "check_step", recorded_check_step)
+    monkeypatch.setattr(run, "check_step", recorded_check_step)
     work_dir = str(tmp_path / "run")
     config = ExperimentConfig(
         dataset="fashion_mnist", data_dir=fashion_dir, image_size=8, val_fraction=0.2,
@@ -52,5 +52,5 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_checkpoint(tmp_path, fash
     assert not os.path.exists(os.path.join(work_dir, "results.json"))
     assert load_json(os.path.join(work_dir, "config.json"))["epochs"] == 3
     # JAX's fit checks in its callback thread, so it never waits for a step's logs
-    # before starting the next step; TensorFlow's own loop checks each step in line.
+    # before starting the next step; TensorFlow's fit runs its callbacks in line.
     assert in_main_thread == {keras.backend.backend() != "jax"}

@@ -9,10 +9,13 @@ import os
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 from experiment_helpers import checkpoint_state, load_json, run_train, tiny_flags
 
 from keras_l2t.data import augment, load_fashion_mnist_arrays
+
+pytestmark = pytest.mark.slow  # every test here starts train.py
 
 OTHER = "jax" if keras.backend.backend() == "tensorflow" else "tensorflow"
 

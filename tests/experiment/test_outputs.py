@@ -9,12 +9,14 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 from experiment_helpers import checkpoint_state, load_json, tiny_config
 
 from keras_l2t.data import augment, load_fashion_mnist_arrays
-from keras_l2t.experiment import run_experiment, runner
+from keras_l2t.experiment import run, run_experiment
 
 
+@pytest.mark.slow
 def test_work_dir_holds_config_logs_checkpoints_and_results(finished_run):
     work_dir, flags, process = finished_run
     config = load_json(os.path.join(work_dir, "config.json"))
@@ -52,6 +54,7 @@ def test_work_dir_holds_config_logs_checkpoints_and_results(finished_run):
         "the SavedModel export/ there.")
 
 
+@pytest.mark.slow
 def test_export_serves_uint8_images_in_a_process_without_keras_l2t(finished_run, fashion_dir,
                                                                    tmp_path):
     import keras
@@ -90,6 +93,7 @@ def test_export_serves_uint8_images_in_a_process_without_keras_l2t(finished_run,
     assert np.mean(served_classes == labels) == results["test_accuracy"]
 
 
+@pytest.mark.slow
 def test_an_l2t_ww_run_draws_its_learned_weights(finished_run):
     import tensorflow as tf
 
@@ -119,12 +123,12 @@ def test_results_target_and_export_come_from_the_best_epoch_not_the_last(
     forced_val_accuracy = {1: 0.9, 2: 0.5}  # epoch 1 is the best, epoch 2 the last
     target_at_epoch = {}
 
-    class ForcedBest(runner.TrainingState):
+    class ForcedBest(run.TrainingState):
         def save(self, finished_epochs, val_accuracy):
             target_at_epoch[finished_epochs] = self.model.target.get_weights()
             return super().save(finished_epochs, forced_val_accuracy[finished_epochs])
 
-    monkeypatch.setattr(runner, "TrainingState", ForcedBest)
+    monkeypatch.setattr(run, "TrainingState", ForcedBest)
     work_dir = str(tmp_path / "run")
     results = run_experiment(tiny_config(work_dir, fashion_dir, source_file, epochs=2,
                                          max_steps_per_epoch=2))
@@ -138,7 +142,7 @@ def test_results_target_and_export_come_from_the_best_epoch_not_the_last(
     saved = keras.models.load_model(os.path.join(work_dir, "target.keras"), compile=False)
     for a, b in zip(saved.get_weights(), best, strict=True):
         np.testing.assert_array_equal(a, b)
-    assert results["target_weights_sha1"] == runner._fingerprint(saved)
+    assert results["target_weights_sha1"] == run._fingerprint(saved)
     # The export serves the best epoch's network too.
     pixels = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
     served = tf.saved_model.load(load_json(os.path.join(work_dir, "results.json"))["export_dir"])

@@ -9,6 +9,7 @@ import signal
 import numpy as np
 import pytest
 from experiment_helpers import (
+    KILLED_TRAIN,
     checkpoint_state,
     checkpoint_values,
     load_json,
@@ -25,6 +26,7 @@ def _epochs_in_log(work_dir: str) -> list[int]:
         return [int(row["epoch"]) for row in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, finished_run, fashion_dir,
                                                         source_file):
     full_dir, _, full = finished_run
@@ -33,7 +35,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, finished_run, 
     flags = tiny_flags(work_dir, fashion_dir, source_file, deterministic=True)
 
     # Killed in the middle of the second epoch (step 2 of it).
-    killed = run_train([*flags, f"--testing_kill_at_step={steps + 2}"])
+    killed = run_train([*flags, f"--kill_at_step={steps + 2}"], script=KILLED_TRAIN)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert "epoch 1/3" in killed.stdout and "epoch 2/3" not in killed.stdout
     assert not os.path.exists(os.path.join(work_dir, "results.json"))
@@ -63,6 +65,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, finished_run, 
 
 
 # In-process: a rerun of a finished or different experiment stops before training.
+@pytest.mark.slow
 def test_finished_run_is_not_retrained(finished_run, fashion_dir, source_file, capsys):
     work_dir, _, _ = finished_run
     stamps = {
@@ -77,6 +80,7 @@ def test_finished_run_is_not_retrained(finished_run, fashion_dir, source_file, c
         assert os.path.getmtime(os.path.join(work_dir, name)) == stamp, name
 
 
+@pytest.mark.slow
 def test_a_different_experiment_in_the_work_dir_is_refused(finished_run, fashion_dir,
                                                            source_file):
     work_dir, _, _ = finished_run

@@ -190,9 +190,19 @@ def test_saved_model_needs_no_keras_cv(tmp_path):
     assert "stage4_out" in {layer.name for layer in loaded.layers}
 
 
+def test_small_cnns_by_name():
+    model = build_network("cnn_4_6", 3, (8, 8, 3))
+    assert model.name == "cnn_4_6" and model.output.shape == (None, 3)
+    assert [tuple(model.get_layer(name).output.shape) for name in default_taps("cnn_4_6")] == [
+        (None, 8, 8, 4), (None, 4, 4, 6)]
+    assert is_batch_norm_exact(model)
+
+
 def test_unknown_network_is_a_clear_error():
-    with pytest.raises(ValueError, match="Known networks.*resnet18"):
+    with pytest.raises(ValueError, match="Known networks.*resnet18.*cnn_16_32_64"):
         build_network("resnet19", 10)
+    with pytest.raises(ValueError, match="Known networks"):
+        build_network("cnn_", 10)
     with pytest.raises(ValueError, match="Known networks"):
         default_taps("resnet19")
 

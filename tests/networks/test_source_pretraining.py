@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_l2t.experiment.small_networks import small_cnn
-from keras_l2t.networks import build_network
+from keras_l2t.networks import build_network, small_cnn
 from keras_l2t.optimizers import CoupledSGD
 from keras_l2t.source_pretraining import pretrain_source, step_decay
 from keras_l2t.sources import load_source, source_taps

@@ -1,8 +1,8 @@
 """Small VGG-style CNNs named by their widths ("cnn_16_32_64"), for the demo and tests.
 
-The paper's networks (`keras_l2t.networks`) take minutes per epoch on a laptop CPU;
-these take seconds. Each stage is Conv3x3 + BN + ReLU (layer `stage{i}_out`, the tap)
-and a 2x2 max-pool; then global average pooling and a Dense logits layer.
+The paper's networks take minutes per epoch on a laptop CPU; these take seconds. Each
+stage is Conv3x3 + BN + ReLU (layer `stage{i}_out`, the tap) and a 2x2 max-pool; then
+global average pooling and a Dense logits layer.
 """
 
 from __future__ import annotations
@@ -49,8 +49,13 @@ def small_cnn(
     Returns:
         A functional model with taps `stage1_out` ... `stage{n}_out`.
 
+    Raises:
+        ValueError: when `name` is not a small CNN name.
+
     Example:
-        >>> model = small_cnn("cnn_8_16", num_classes=10)  # doctest: +SKIP
+        >>> from keras_l2t.networks.small_cnn import small_cnn
+        >>> small_cnn("cnn_8_16", num_classes=10, input_shape=(8, 8, 3)).output.shape
+        (None, 10)
     """
     if not is_small_cnn(name):
         raise ValueError(f"'{name}' is not a small CNN name such as cnn_16_32_64.")
@@ -68,5 +73,11 @@ def small_cnn(
 
 
 def small_cnn_taps(name: str) -> list[str]:
-    """The tap names of a small CNN: one `stage{i}_out` per width."""
+    """The tap names of a small CNN: one `stage{i}_out` per width.
+
+    Example:
+        >>> from keras_l2t.networks.small_cnn import small_cnn_taps
+        >>> small_cnn_taps("cnn_8_16")
+        ['stage1_out', 'stage2_out']
+    """
     return [f"stage{i}_out" for i in range(1, len(small_cnn_widths(name)) + 1)]
