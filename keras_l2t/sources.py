@@ -141,10 +141,22 @@ def load_source(
         ValueError: for an unknown source, a missing argument, or a file that does not
             fit the architecture.
 
-    Example:
-        >>> path = "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
-        >>> source = load_source("resnet50_imagenet", weights=path)  # doctest: +SKIP
-        >>> source = load_source("work/source/source.keras")  # doctest: +SKIP
+    Example (a `.keras` file, as `pretrain_source` writes one):
+        >>> import os, tempfile
+        >>> inputs = keras.Input((32, 32, 3))  # an untrained stand-in, 10 classes
+        >>> conv = keras.layers.Conv2D(10, 3, kernel_initializer="zeros", name="stage1_out")
+        >>> logits = keras.layers.GlobalAveragePooling2D()(conv(inputs))
+        >>> path = os.path.join(tempfile.mkdtemp(), "source.keras")
+        >>> keras.Model(inputs, logits).save(path)
+        >>> source = load_source(path)
+        >>> source.trainable, source_taps(source)
+        (False, ['stage1_out'])
+
+        Offline, an ImageNet source loads from the Keras file that `weights_file_name`
+        names, fetched elsewhere: `load_source("resnet50_imagenet", weights=PATH)`.
+
+        >>> weights_file_name("resnet50_imagenet")
+        'resnet50_weights_tf_dim_ordering_tf_kernels.h5'
     """
     source = os.fspath(source)
     if source in IMAGENET_SOURCES:

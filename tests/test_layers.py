@@ -1,4 +1,5 @@
-"""The adapter and the meta-networks: initial values, shapes, serialisation."""
+"""The adapter and the meta-networks: initial values, shapes, serialisation, and a shared
+layer test (build, symbolic and eager calls, serialisation, fit) run for each layer."""
 
 import keras
 import numpy as np
@@ -100,12 +101,92 @@ def test_one_pair_of_meta_networks_per_pair_even_when_pairs_share_a_source_layer
     channels = {"src_block0": 3, "src_block1": 4}
     for (source, _), network in zip(model.pairs, model.channel_weight_networks):
         assert network.kernel.shape == (channels[source], channels[source])
-    assert len(model.phi_variables) == 16
+    assert len(model._phi_variables) == 16
 
 
 def test_methods_own_only_the_meta_networks_they_learn():
     assert len(toy_transfer_model("l2t_w").pair_weight_networks) == 0
     assert len(toy_transfer_model("l2t_w").channel_weight_networks) == 4
     fm = toy_transfer_model("fm")
-    assert fm.phi_variables == [] and len(fm.adapters) == 4
+    assert fm._phi_variables == [] and len(fm.adapters) == 4
     assert toy_transfer_model("scratch").pairs == []
+
+
+def run_layer_test(layer_class, init_kwargs, input_shape, output_shape, weight_shapes,
+                   tmp_path):
+    """Checks one layer class the way keras-hub's `run_layer_test` does.
+
+    Build (weight shapes), symbolic call against `compute_output_shape`, eager call,
+    config and `serialize_keras_object` round trips, and a short `fit` of a model made of
+    the layer alone, saved and reloaded as a `.keras` file.
+
+    Args:
+        layer_class: The layer's class.
+        init_kwargs: Its constructor arguments.
+        input_shape: Input shape without the batch dimension.
+        output_shape: Expected output shape without the batch dimension.
+        weight_shapes: Expected shapes of its trainable weights, in order.
+        tmp_path: A temporary folder for the `.keras` file.
+    """
+    batch = 8
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=(batch, *input_shape)).astype("float32")
+    targets = rng.normal(size=(batch, *output_shape)).astype("float32")
+
+    layer = layer_class(**init_kwargs)
+    layer.build((None, *input_shape))
+    assert layer.built
+    assert [tuple(w.shape) for w in layer.trainable_weights] == weight_shapes
+    assert layer.non_trainable_weights == []
+
+    symbolic = layer(keras.Input(shape=input_shape))
+    assert tuple(symbolic.shape) == (None, *output_shape)
+    assert tuple(layer.compute_output_shape((None, *input_shape))) == (None, *output_shape)
+    assert tuple(layer.compute_output_shape((batch, *input_shape))) == (batch, *output_shape)
+
+    eager = keras.ops.convert_to_numpy(layer(inputs))
+    assert eager.shape == (batch, *output_shape)
+    assert np.isfinite(eager).all()
+
+    config = layer.get_config()
+    assert all(config[key] == value for key, value in init_kwargs.items())
+    assert layer_class.from_config(config).get_config() == config
+    serialized = keras.saving.serialize_keras_object(layer)
+    clone = keras.saving.deserialize_keras_object(serialized)
+    assert type(clone) is layer_class
+    assert clone.get_config() == config
+
+    keras.utils.set_random_seed(0)
+    model_inputs = keras.Input(shape=input_shape)
+    model = keras.Model(model_inputs, layer_class(**init_kwargs)(model_inputs))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    history = model.fit(inputs, targets, batch_size=4, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    for start, weight in zip(before, model.trainable_weights):
+        assert not np.array_equal(start, weight.numpy()), f"{weight.path} did not change"
+
+    path = tmp_path / "layer.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(inputs)), keras.ops.convert_to_numpy(model(inputs)),
+        rtol=1e-6,
+    )
+
+
+@pytest.mark.parametrize(
+    "layer_class, init_kwargs, input_shape, output_shape, weight_shapes",
+    [
+        (ChannelWeights, {}, (6,), (6,), [(6, 6), (6,)]),
+        (PairWeight, {}, (6,), (), [(6, 1), (1,)]),
+        (PairWeight, {"activation": "relu_avg", "bias_init": 0.5}, (6,), (), [(6, 1), (1,)]),
+        (PairWeight, {"activation": "constant"}, (6,), (), [()]),
+        (FeatureAdapter, {"channels": 5}, (3, 4, 2), (3, 4, 5), [(2, 5), (5,)]),
+    ],
+    ids=["channel_weights", "pair_weight", "pair_weight_relu_avg", "pair_weight_constant",
+         "feature_adapter"],
+)
+def test_layer(layer_class, init_kwargs, input_shape, output_shape, weight_shapes, tmp_path):
+    run_layer_test(layer_class, init_kwargs, input_shape, output_shape, weight_shapes,
+                   tmp_path)

@@ -1,4 +1,5 @@
-"""The README's Python example runs as written."""
+"""The README's Python example runs as written; its commands and versions match CI's and
+pyproject.toml's."""
 
 import os
 import re
@@ -22,6 +23,24 @@ def test_ci_runs_the_readme_test_command():
                         README.read_text()).group(1)
     ci = (README.parent / ".ci" / "run").read_text()
     assert command in ci
+
+
+def test_readme_new_keras_command_runs_the_test_command():
+    text = README.read_text()
+    command = re.search(r"```bash\n(python3 -m venv[^\n]*)\n```", text).group(1)
+    new_keras = re.search(r"```bash\n(pip install --no-deps keras==X\.Y\.Z && [^\n]*)\n```",
+                          text).group(1)
+    assert new_keras.endswith(" && " + command[command.index("pytest"):])
+
+
+def test_readme_states_the_pinned_ranges_of_pyproject():
+    pyproject = (README.parent / "pyproject.toml").read_text()
+    text = " ".join(README.read_text().split())
+    pins = dict(re.findall(r'"(keras|tensorflow|jax)(>=[\d.]+,<[\d.]+)"', pyproject))
+    assert set(pins) == {"keras", "tensorflow", "jax"}, "each needs a lower and upper bound"
+    assert f"`keras{pins['keras']}`" in text
+    for package in ("tensorflow", "jax"):
+        assert f"`{package}{pins[package].split(',')[1]}`" in text
 
 
 def test_readme_table_names_only_registered_methods_and_pair_presets():

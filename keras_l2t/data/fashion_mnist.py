@@ -101,8 +101,19 @@ def load_fashion_mnist_arrays(
     Returns:
         ``{"train": (images [60000, 28, 28] uint8, labels [60000] uint8), "test": ...}``.
 
-    Example:
-        >>> arrays = load_fashion_mnist_arrays("/usr/share/datasets/fashion-mnist")
+    Example (four tiny idx files; the real ones hold 60,000 and 10,000 images):
+        >>> import os, tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> for prefix, n in (("train", 6), ("t10k", 2)):
+        ...     for kind, array in (("images-idx3", np.zeros((n, 28, 28), np.uint8)),
+        ...                         ("labels-idx1", np.arange(n, dtype=np.uint8))):
+        ...         header = bytes([0, 0, 8, array.ndim]) + b"".join(
+        ...             d.to_bytes(4, "big") for d in array.shape)
+        ...         with open(os.path.join(folder, f"{prefix}-{kind}-ubyte"), "wb") as f:
+        ...             _ = f.write(header + array.tobytes())
+        >>> arrays = load_fashion_mnist_arrays(folder)
+        >>> arrays["train"][0].shape, arrays["test"][1].tolist()
+        ((6, 28, 28), [0, 1])
     """
     try:
         directory = find_fashion_mnist_dir(data_dir)

@@ -77,7 +77,15 @@ def list_image_folder(
         (paths, int64 labels, class names).
 
     Example:
-        >>> paths, labels, names = list_image_folder("data/mit_indoor67/train")
+        >>> import os, tempfile
+        >>> root = tempfile.mkdtemp()
+        >>> for name in ("bird", "dog"):
+        ...     os.makedirs(os.path.join(root, name))
+        ...     png = tf.io.encode_png(np.zeros((8, 8, 3), np.uint8))
+        ...     tf.io.write_file(os.path.join(root, name, "0.png"), png)
+        >>> paths, labels, names = list_image_folder(root)
+        >>> [os.path.relpath(p, root) for p in paths], labels.tolist(), names
+        (['bird/0.png', 'dog/0.png'], [0, 1], ('bird', 'dog'))
     """
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"Image folder {directory} does not exist (or is not a folder).")
@@ -132,8 +140,16 @@ def find_unreadable_images(directory: str) -> list[str]:
         The paths that TensorFlow cannot decode, sorted.
 
     Example:
-        >>> find_unreadable_images("data/mit_indoor67")
-        []
+        >>> import os, tempfile
+        >>> root = tempfile.mkdtemp()
+        >>> for name in ("bird", "dog"):
+        ...     os.makedirs(os.path.join(root, name))
+        ...     png = tf.io.encode_png(np.zeros((8, 8, 3), np.uint8))
+        ...     tf.io.write_file(os.path.join(root, name, "0.png"), png)
+        >>> with open(os.path.join(root, "dog", "1.jpg"), "wb") as f:
+        ...     _ = f.write(b"\\xff\\xd8\\xff truncated")  # a JPEG's first bytes, then nothing
+        >>> [os.path.relpath(p, root) for p in find_unreadable_images(root)]
+        ['dog/1.jpg']
     """
     bad = []
     for path in _images_under(directory, check_files=False):
@@ -212,9 +228,17 @@ class ImageFolderSource(Source):
             ``val_annotations.txt``.
         check_files: check every image's first bytes while listing.
 
-    Example:
-        >>> source = ImageFolderSource("data/stanford40")
+    Example (class folders without ``train/``: a train split only):
+        >>> import os, tempfile
+        >>> root = tempfile.mkdtemp()
+        >>> for name in ("bird", "dog"):
+        ...     os.makedirs(os.path.join(root, name))
+        ...     png = tf.io.encode_png(np.zeros((8, 8, 3), np.uint8))
+        ...     tf.io.write_file(os.path.join(root, name, "0.png"), png)
+        >>> source = ImageFolderSource(root)
         >>> keys, labels = source.index("train")
+        >>> source.class_names, labels.tolist(), source.has_test
+        (('bird', 'dog'), [0, 1], False)
     """
 
     kind = pipeline.PATH

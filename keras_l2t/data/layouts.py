@@ -5,10 +5,21 @@ Both datasets ship one image folder plus split lists; these helpers build the
 symbolic links (no copy) by default. Rerunning one after moving the download, or with
 another `link`, replaces what an earlier run placed.
 
-Example:
-    >>> from keras_l2t.data.layouts import arrange_mit_indoor67, arrange_stanford40
-    >>> arrange_mit_indoor67("~/downloads/indoorCVPR_09", "~/data/mit_indoor67")
-    >>> arrange_stanford40("~/downloads/Stanford40", "~/data/stanford40")
+Example (a miniature of the MIT Indoor 67 download: one category, two images):
+    >>> import os, tempfile
+    >>> from keras_l2t.data.layouts import arrange_mit_indoor67
+    >>> download, data_dir = tempfile.mkdtemp(), tempfile.mkdtemp()
+    >>> os.makedirs(os.path.join(download, "Images", "kitchen"))
+    >>> for name in ("a.jpg", "b.jpg"):
+    ...     open(os.path.join(download, "Images", "kitchen", name), "wb").close()
+    >>> for list_name, line in (("TrainImages.txt", "kitchen/a.jpg"),
+    ...                         ("TestImages.txt", "kitchen/b.jpg")):
+    ...     with open(os.path.join(download, list_name), "w") as f:
+    ...         print(line, file=f)
+    >>> arrange_mit_indoor67(download, data_dir)
+    {'train': 1, 'test': 1}
+    >>> os.listdir(os.path.join(data_dir, "test", "kitchen"))
+    ['b.jpg']
 """
 
 from __future__ import annotations

@@ -171,9 +171,15 @@ def load_dataset(
     Returns:
         A `DataSplits`.
 
-    Example:
-        >>> data = load_dataset("cub200", data_dir="/data/tfds", samples_per_class=10)
-        >>> images, labels = next(iter(data.train))   # [64, 224, 224, 3], [64]
+    Example (TFDS' mock: 20 random images stand in for a prepared CIFAR-100):
+        >>> import tensorflow_datasets as tfds
+        >>> with tfds.testing.mock_data(num_examples=20):
+        ...     data = load_dataset("cifar100", val_fraction=0.5, batch_size=8)
+        ...     images, labels = next(iter(data.train))
+        >>> data.image_size, data.num_classes, data.num_train + data.num_val
+        (32, 100, 20)
+        >>> tuple(images.shape), labels.dtype.name
+        ((8, 32, 32, 3), 'int32')
     """
     spec = catalog.get_spec(name)
     if source is None:

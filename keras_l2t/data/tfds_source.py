@@ -74,8 +74,18 @@ class TfdsSource(Source):
         download: download and prepare the dataset when it is missing (needs internet).
         splits: the TFDS split names used as this source's train and test.
 
-    Example:
-        >>> source = TfdsSource("cifar100", data_dir="/data/tfds")
+    Example (TFDS' mock stands in for prepared files; without them, an error says how to
+    prepare the dataset):
+        >>> import tempfile
+        >>> with tfds.testing.mock_data(num_examples=20):
+        ...     source = TfdsSource("cifar100")
+        ...     keys, labels = source.index("train")
+        >>> len(source.class_names), len(keys)
+        (100, 20)
+        >>> TfdsSource("cifar100", data_dir=tempfile.mkdtemp())
+        Traceback (most recent call last):
+        ...
+        keras_l2t.data.tfds_source.DatasetNotPreparedError: TFDS dataset 'cifar100' is ...
     """
 
     kind = pipeline.ENCODED
