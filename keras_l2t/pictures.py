@@ -1,7 +1,6 @@
 """Pictures of what L2T-ww learned: where (pair weights) and what (channel weights).
 
-Needs matplotlib (`pip install "keras-l2t[plots]"`); everything else in keras-l2t works
-without it. Figures are drawn off-screen (Agg) and returned as PNG bytes or files.
+Figures are drawn off-screen (matplotlib's Agg) and returned as PNG bytes or files.
 """
 
 from __future__ import annotations
@@ -11,8 +10,6 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-
-PLOTS_EXTRA = 'pip install "keras-l2t[plots]"'
 
 
 def pair_weight_grid(pairs: Sequence[tuple[str, str]], values: Sequence[float]):
@@ -183,10 +180,8 @@ def write_pictures(model, images, history: dict[str, Sequence[float]],
 
 
 def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise ImportError(f"Pictures need matplotlib: {PLOTS_EXTRA}") from None
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -566,12 +566,6 @@ class PictureLog:
     def __init__(self, model, images, log: EpochLog, directory: str):
         self.model, self.images, self.log, self.directory = model, images, log, directory
         self.enabled = model.method.meta_learned
-        if self.enabled:
-            try:
-                pictures._pyplot()
-            except ImportError as error:
-                print(f"Pictures of the learned weights skipped: {error}", flush=True)
-                self.enabled = False
 
     def epoch(self, epoch: int) -> None:
         """Adds this epoch's pictures to TensorBoard."""
