@@ -24,7 +24,7 @@ import jax
 import keras
 from keras import ops
 
-from keras_l2t._steps import unpack
+from keras_l2t._steps import unpack_training
 
 
 class _Values:
@@ -50,7 +50,7 @@ class _Values:
 def train_step(model, state, data):
     """`TransferModel.train_step` on JAX: `(state, data) -> (logs, new state)`."""
     trainable, non_trainable, optimizer_values, metrics_values = state
-    x, y = unpack(data)
+    x, y, x_meta, y_meta = unpack_training(data, model.meta_objective == "held_out")
     optimizer_variables = list(model.optimizer.variables)
     meta_optimizer_variables = list(model.meta_optimizer.variables)
     values = _Values()
@@ -94,8 +94,9 @@ def train_step(model, state, data):
     meta_loss = None
     if model.method.meta_learned:
         # 2. Lookahead and 3. meta-gradient, from theta_{t+1}.
+        meta = _meta_batch(model, x, x_meta, y_meta, batch)
         meta_loss, meta_grads = _meta_gradient(model, values, x, y, source, learning_rate,
-                                               batch)
+                                               batch, meta)
         # 4. Meta step: phi <- phi - eta * (dL_org(theta_{T+1})/dphi + wd * phi), through
         #    the meta-optimizer.
         phi_variables = model._phi_variables
@@ -121,6 +122,12 @@ def train_step(model, state, data):
     return logs, new_state
 
 
+def build_metrics(model, x, y) -> None:
+    """Builds the compiled metrics on one batch."""
+    model.compute_metrics(x, y, model(x), sample_weight=None)
+    model.reset_metrics()
+
+
 def test_step(model, state, data):
     """`TransferModel.test_step` on JAX: `(state, data) -> (logs, new state)`."""
     trainable, non_trainable, metrics_values = state
@@ -138,7 +145,7 @@ def test_step(model, state, data):
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def meta_gradient(model, x, y, second_order=True):
+def meta_gradient(model, x, y, x_meta, y_meta, second_order=True):
     """`TransferModel.meta_gradient` on JAX: blocks 2-3 from the variables' values,
     compiled once per model, optimizers and `second_order`."""
     variables = model.variables + model._all_optimizer_variables()
@@ -146,23 +153,32 @@ def meta_gradient(model, x, y, second_order=True):
     key = (id(model.optimizer), id(model.meta_optimizer), second_order)
     if key not in compiled:
 
-        def pure(variable_values, x, y):
+        def pure(variable_values, x, y, x_meta, y_meta):
             values = _Values()
             values.set(variables, variable_values)
             batch = ops.cast(ops.shape(x)[0], model._loss_dtype)
             with values.scope():
                 source = model._source_outputs(x)
                 learning_rate = ops.convert_to_tensor(model.optimizer.learning_rate)
-            return _meta_gradient(model, values, x, y, source, learning_rate, batch,
+            meta = _meta_batch(model, x, x_meta, y_meta, batch)
+            return _meta_gradient(model, values, x, y, source, learning_rate, batch, meta,
                                   second_order)
 
         compiled[key] = jax.jit(pure)
-    return compiled[key]([v.value for v in variables], x, y)
+    return compiled[key]([v.value for v in variables], x, y, x_meta, y_meta)
 
 
-def _meta_gradient(model, values, x, y, source, learning_rate, batch, second_order=True):
+def _meta_batch(model, x, x_meta, y_meta, batch) -> tuple:
+    """(x_meta, y_meta, its size): the batch L_org(theta_{T+1}) is computed on."""
+    size = batch if x_meta is x else ops.cast(ops.shape(x_meta)[0], model._loss_dtype)
+    return x_meta, y_meta, size
+
+
+def _meta_gradient(model, values, x, y, source, learning_rate, batch, meta,
+                   second_order=True):
     """Blocks 2-3: d L_org(theta_{T+1}) / d phi from the theta, momentums and statistics in
-    `values`.
+    `values`. The lookahead trains on (x, y); L_org(theta_{T+1}) is computed on `meta`,
+    the training batch itself (the paper) or a held-out one.
 
     `second_order=False` treats the lookahead's gradients as constants (exactly zero).
 
@@ -189,7 +205,8 @@ def _meta_gradient(model, values, x, y, source, learning_rate, batch, second_ord
                 grads = [jax.lax.stop_gradient(g) for g in grads]
             params, momentums = model._update_rule.step(params, momentums, grads,
                                                         learning_rate)
-        return objectives[-1](params)  # L_org(theta_{T+1})
+        # L_org(theta_{T+1})
+        return model._classification_objective(params, *meta[:2], non_trainable, meta[2])
 
     # 3. Meta-gradient d L_org(theta_{T+1}) / d phi, through every lookahead step.
     meta_loss, meta_grads = jax.value_and_grad(lookahead_loss)(values.get(phi_variables))

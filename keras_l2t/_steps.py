@@ -38,6 +38,28 @@ def unpack(data):
     return x, y
 
 
+def unpack_training(data, held_out: bool):
+    """(x, y, x_meta, y_meta) of a training element.
+
+    With the paper's objective the meta batch is the training batch itself; with
+    `meta_objective="held_out"` an element is `((x, y), (x_meta, y_meta))`.
+    """
+    if not held_out:
+        x, y = unpack(data)
+        return x, y, x, y
+    batch, meta, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    if sample_weight is not None or not all(
+        isinstance(part, list | tuple) and len(part) == 2 for part in (batch, meta)
+    ):
+        raise ValueError(
+            "meta_objective='held_out' trains on elements ((x, y), (x_meta, y_meta)): a "
+            "training batch and a batch of the held-out meta split, e.g. "
+            "tf.data.Dataset.zip((train, meta)). Got an element of another structure."
+        )
+    (x, y), (x_meta, y_meta) = unpack(batch), unpack(meta)
+    return x, y, x_meta, y_meta
+
+
 def as_list(outputs) -> list:
     """A functional model with one output returns a tensor, not a one-element list."""
     return list(outputs) if isinstance(outputs, list | tuple) else [outputs]

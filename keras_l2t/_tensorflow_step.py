@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from keras_l2t._steps import unpack
+from keras_l2t._steps import unpack_training
 
 
 def sum_across_replicas(values):
@@ -36,7 +36,7 @@ def global_batch_size(x, dtype) -> tf.Tensor:
 
 def train_step(model, data) -> dict:
     """Runs one iteration of `model` (a `TransferModel`) on one batch; returns the logs."""
-    x, y = unpack(data)
+    x, y, x_meta, y_meta = unpack_training(data, model.meta_objective == "held_out")
     batch = global_batch_size(x, model._loss_dtype)
     source = model._source_outputs(x)  # the only source forward of this batch
     learning_rate = tf.convert_to_tensor(model.optimizer.learning_rate)  # alpha, before 1.
@@ -56,7 +56,8 @@ def train_step(model, data) -> dict:
     meta_loss = None
     if model.method.meta_learned:
         # 2. Lookahead and 3. meta-gradient, from theta_{t+1}.
-        meta_loss, meta_grads = _meta_gradient(model, x, y, source, learning_rate, batch)
+        meta = _meta_batch(model, x, x_meta, y_meta, batch)
+        meta_loss, meta_grads = _meta_gradient(model, x, y, source, learning_rate, batch, meta)
         # 4. Meta step: phi <- phi - eta * (dL_org(theta_{T+1})/dphi + wd * phi), through
         #    the meta-optimizer (which sums the replicas' gradients: each adds its share).
         decay = model.meta_weight_decay / tf.distribute.get_strategy().num_replicas_in_sync
@@ -67,22 +68,39 @@ def train_step(model, data) -> dict:
     return model._record_step(x, y, terms, logits, channel_weights, pair_weights, meta_loss)
 
 
+def build_metrics(model, x, y) -> None:
+    """Builds the compiled metrics on one batch, under the model's strategy."""
+    with model.distribute_strategy.scope():
+        model.compute_metrics(x, y, model(x), sample_weight=None)
+    model.reset_metrics()
+
+
 def test_step(model, data) -> dict:
     """`TransferModel.test_step` on TensorFlow."""
     return model._record_test(data)
 
 
-def meta_gradient(model, x, y, second_order=True):
+def meta_gradient(model, x, y, x_meta, y_meta, second_order=True):
     """`TransferModel.meta_gradient` on TensorFlow: blocks 2-3 from the current state."""
     batch = global_batch_size(x, model._loss_dtype)
     learning_rate = tf.convert_to_tensor(model.optimizer.learning_rate)
+    meta = _meta_batch(model, x, x_meta, y_meta, batch)
     return _meta_gradient(
-        model, x, y, model._source_outputs(x), learning_rate, batch, second_order
+        model, x, y, model._source_outputs(x), learning_rate, batch, meta, second_order
     )
 
 
-def _meta_gradient(model, x, y, source, learning_rate, batch, second_order=True):
+def _meta_batch(model, x, x_meta, y_meta, batch) -> tuple:
+    """(x_meta, y_meta, its global size): the batch L_org(theta_{T+1}) is computed on."""
+    size = batch if x_meta is x else global_batch_size(x_meta, model._loss_dtype)
+    return x_meta, y_meta, size
+
+
+def _meta_gradient(model, x, y, source, learning_rate, batch, meta, second_order=True):
     """Blocks 2-3: d L_org(theta_{T+1}) / d phi from the current theta and momentums.
+
+    The lookahead trains on (x, y); L_org(theta_{T+1}) is computed on `meta`, the
+    training batch itself (the paper) or a held-out one.
 
     `second_order=False` drops the inner gradients' dependence on phi, which makes the
     result exactly zero (kept to show why the exact second-order gradient is needed).
@@ -111,7 +129,8 @@ def _meta_gradient(model, x, y, source, learning_rate, batch, second_order=True)
                 grads = [tf.stop_gradient(g) for g in grads]
             params, momentums = model._update_rule.step(params, momentums, grads,
                                                         learning_rate)
-        meta_loss = objectives[-1](params)  # L_org(theta_{T+1})
+        meta_loss = model._classification_objective(params, *meta[:2], non_trainable,
+                                                    meta[2])  # L_org(theta_{T+1})
     # 3. Meta-gradient d L_org(theta_{T+1}) / d phi, through every lookahead step.
     # Zeros are filled in by hand: TF's UnconnectedGradients.ZERO fails on Keras variables.
     meta_grads = meta_tape.gradient(meta_loss, phi)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_l2t import losses
@@ -18,7 +19,7 @@ from keras_l2t._network_checks import (
     outputs_logits,
     penultimate_features,
 )
-from keras_l2t._steps import as_list, step_module, unpack
+from keras_l2t._steps import as_list, step_module, unpack, unpack_training
 from keras_l2t._update_rules import update_rule_for
 from keras_l2t.exact_batch_norm import make_batch_norm_exact
 from keras_l2t.features import feature_map_output
@@ -26,6 +27,9 @@ from keras_l2t.layers import ChannelWeights, FeatureAdapter, PairWeight
 from keras_l2t.methods import get_method
 from keras_l2t.optimizers import CoupledSGD, TorchAdam
 from keras_l2t.pairs import resolve_pairs
+
+# The batch the meta objective is computed on; see `TransferModel`'s `meta_objective`.
+META_OBJECTIVES = ("train_batch", "held_out")
 
 
 class SourceOutputs(NamedTuple):
@@ -101,13 +105,18 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         attention_beta: Weight of the attention-transfer loss (1000, as AT).
         distillation_temperature: LwF's softening temperature (2, as LwF).
         distillation_weight: Weight of LwF's distillation loss (1, as LwF).
+        meta_objective: The batch the meta objective L_org(theta_{T+1}) is computed on:
+            "train_batch", the real step's own batch (the paper), or "held_out", a batch
+            of a held-out meta split. With "held_out", `fit` takes elements
+            `((x, y), (x_meta, y_meta))`, e.g. `tf.data.Dataset.zip((train, meta))`
+            with `meta` repeating; the lookahead still trains on (x, y).
         **kwargs: Standard `keras.Model` arguments (name, ...).
 
     Raises:
         ValueError: A layer name that is not in its network (the message lists the valid
-            ones), an unknown method or preset, `lookahead_steps < 1`, a target without
-            a (batch, classes) head or a fixed image size, a float16 target, or
-            LayerNormalization/GroupNormalization in the target on TensorFlow.
+            ones), an unknown method, preset or meta objective, `lookahead_steps < 1`, a
+            target without a (batch, classes) head or a fixed image size, a float16
+            target, or LayerNormalization/GroupNormalization in the target on TensorFlow.
 
     Example:
         >>> import keras
@@ -145,6 +154,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         attention_beta: float = 1000.0,
         distillation_temperature: float = 2.0,
         distillation_weight: float = 1.0,
+        meta_objective: str = "train_batch",
         **kwargs,
     ):
         step_module()  # refuses an unsupported backend before any work
@@ -153,6 +163,12 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         check_source(source)
         self._from_logits = check_target(target)
         check_precision(target)
+        if meta_objective not in META_OBJECTIVES:
+            raise ValueError(f"meta_objective must be one of {', '.join(META_OBJECTIVES)}, got "
+                             f"{meta_objective!r}.")
+        if meta_objective != "train_batch" and not self.method.meta_learned:
+            raise ValueError(f"meta_objective={meta_objective!r} needs a method with "
+                             f"meta-networks (l2t_ww, l2t_w), not '{self.method.name}'.")
         if isinstance(lookahead_steps, bool) or not isinstance(
             lookahead_steps, numbers.Integral
         ) or lookahead_steps < 1:
@@ -173,6 +189,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         self.attention_beta = attention_beta
         self.distillation_temperature = distillation_temperature
         self.distillation_weight = distillation_weight
+        self.meta_objective = meta_objective
 
         source.trainable = False
         self.source = source
@@ -565,11 +582,47 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
     def fit(self, *args, **kwargs):
         """`keras.Model.fit`. At its end a meta-optimizer built with `use_ema=True`
         writes its moving average into phi, as Keras' fit does for the optimizer and
-        the trainable weights."""
+        the trainable weights.
+
+        With `meta_objective="held_out"`, `x` is a `tf.data.Dataset` or a
+        `keras.utils.PyDataset` of `((x, y), (x_meta, y_meta))` elements.
+        """
+        self._build_held_out_metrics(kwargs.get("x", args[0] if args else None))
         history = super().fit(*args, **kwargs)
         if self.meta_optimizer.use_ema and self._phi_variables and history.epoch:
             self.meta_optimizer.finalize_variable_values(self._phi_variables)
         return history
+
+    def train_on_batch(self, x, y=None, *args, **kwargs):
+        """`keras.Model.train_on_batch`; with `meta_objective="held_out"`, call it as
+        `train_on_batch((x, y), (x_meta, y_meta))`."""
+        self._build_held_out_metrics((x, y))
+        return super().train_on_batch(x, y, *args, **kwargs)
+
+    def _build_held_out_metrics(self, data) -> None:
+        """Builds the compiled metrics on the training part of a held-out element, before
+        Keras' own build, which would read `((x, y), (x_meta, y_meta))` as inputs x and
+        labels y."""
+        if self.meta_objective != "held_out" or all(
+            getattr(m, "built", True) for m in super().metrics
+        ):
+            return
+        if hasattr(data, "element_spec"):  # a tf.data.Dataset: zeros of its spec
+            data = keras.tree.map_structure(
+                lambda spec: np.zeros([d or 1 for d in spec.shape], spec.dtype.as_numpy_dtype),
+                data.element_spec,
+            )
+        elif isinstance(data, keras.utils.PyDataset):
+            data = data[0]
+        elif not isinstance(data, list | tuple):
+            raise ValueError(
+                "meta_objective='held_out': fit takes a tf.data.Dataset or a "
+                "keras.utils.PyDataset of ((x, y), (x_meta, y_meta)) elements, got "
+                f"{type(data).__name__}. Build the compiled metrics yourself first "
+                "(model.compute_metrics(x, y, model(x)) on one batch) to pass another kind."
+            )
+        x, y, _, _ = unpack_training(data, held_out=True)
+        step_module().build_metrics(self, x, y)
 
     def train_step(self, *args):
         """One L2T-ww iteration, as the backend's trainer calls it: `(data)` on
@@ -591,7 +644,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             tracker.update_state(losses.entropy(w))
         return self.compute_metrics(x, y, logits)
 
-    def meta_gradient(self, x, y, second_order: bool = True):
+    def meta_gradient(self, x, y, second_order: bool = True, meta_batch=None):
         """d L_org(theta_{T+1}) / d phi at the current state, changing nothing.
 
         The lookahead starts from the current theta, momentums and learning rate.
@@ -604,6 +657,8 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             y: Labels.
             second_order: False treats the lookahead's gradients as constants (the
                 first-order approximation, which gives exactly zero).
+            meta_batch: (x_meta, y_meta), the batch of L_org(theta_{T+1}); needed with
+                `meta_objective="held_out"`, else (x, y).
 
         Returns:
             (meta objective L_org(theta_{T+1}), gradients aligned with the trainable
@@ -613,9 +668,12 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             raise ValueError(f"Method '{self.method.name}' has no meta-networks.")
         if not self.compiled:
             raise ValueError("Call compile() first: the lookahead replays the optimizer.")
-        return step_module().meta_gradient(
-            self, ops.convert_to_tensor(x), ops.convert_to_tensor(y), second_order
-        )
+        if meta_batch is None and self.meta_objective == "held_out":
+            raise ValueError("meta_objective='held_out': pass meta_batch=(x_meta, y_meta).")
+        x, y = ops.convert_to_tensor(x), ops.convert_to_tensor(y)
+        x_meta, y_meta = (x, y) if meta_batch is None else map(ops.convert_to_tensor,
+                                                                  meta_batch)
+        return step_module().meta_gradient(self, x, y, x_meta, y_meta, second_order)
 
     def test_step(self, *args):
         """Cross-entropy and metrics of the target: `(data)` on TensorFlow, `(state, data)`
@@ -660,6 +718,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             "attention_beta": self.attention_beta,
             "distillation_temperature": self.distillation_temperature,
             "distillation_weight": self.distillation_weight,
+            "meta_objective": self.meta_objective,
         }
 
     @classmethod

@@ -12,14 +12,15 @@ from toy_networks import conv_net, toy_batch, toy_transfer_model
 import keras_l2t
 
 
-def _build(scope, weights=None):
+def _build(scope, weights=None, meta_objective="train_batch"):
     with scope():
         keras.utils.set_random_seed(4)
         # Regularizers too: the losses each replica's layers add must stay its own.
         target = conv_net("tgt", [2, 3], 3, kernel_l2=1e-2, activity_l2=1e-2)
         # The meta-optimizer is linear in its gradient (Adam's first steps see only its
         # sign) and the L2 on phi is large, so a wrong per-replica share of either shows.
-        model = toy_transfer_model(seed=4, target=target, meta_weight_decay=1e-3)
+        model = toy_transfer_model(seed=4, target=target, meta_weight_decay=1e-3,
+                                   meta_objective=meta_objective)
         if weights is not None:
             model.set_weights(weights)
         model.compile(
@@ -36,17 +37,20 @@ def _state(model):
     return [v.numpy() for v in model.weights] + optimizer_state + meta_state
 
 
-def _check_two_devices_equal_one(scope):
+def _check_two_devices_equal_one(scope, meta_objective="train_batch"):
     """`scope()` enters the distribution; returns the distributed model."""
     x, y = toy_batch(n=8, seed=5)
-    single = _build(contextlib.nullcontext)
+    single = _build(contextlib.nullcontext, meta_objective=meta_objective)
     initial = single.get_weights()
     initial_phi = [v.numpy() for v in single._phi_variables]
-    distributed = _build(scope, initial)
+    distributed = _build(scope, initial, meta_objective)
     for model, model_scope in ((single, contextlib.nullcontext), (distributed, scope)):
         with model_scope():
             # Two steps, so the second lookahead starts from non-zero momentums.
-            model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+            if meta_objective == "held_out":
+                model.fit(_held_out_dataset(x, y), epochs=2, verbose=0)
+            else:
+                model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
 
     assert all(
         not np.allclose(v.numpy(), w) for v, w in zip(single._phi_variables, initial_phi)
@@ -57,23 +61,41 @@ def _check_two_devices_equal_one(scope):
     return distributed
 
 
-@tensorflow_only("tf.distribute")
-def test_mirrored_step_equals_single_device_step():
+def _held_out_dataset(x, y):
+    """One batch of 8 (x, y) zipped with a held-out meta batch of 8."""
+    import tensorflow as tf
+
+    meta = tf.data.Dataset.from_tensor_slices(toy_batch(n=8, seed=6)).batch(8)
+    return tf.data.Dataset.zip((tf.data.Dataset.from_tensor_slices((x, y)).batch(8), meta))
+
+
+@pytest.fixture(scope="module")
+def mirrored_strategy():
+    """One strategy for the module: TensorFlow's runtime keeps a collective's shape by
+    instance key, and a second MirroredStrategy on the same devices numbers its
+    collectives from the same keys, so a graph of another shape fails ("Shape mismatch
+    in the collective instance")."""
     import tensorflow as tf
 
     devices = tf.config.list_logical_devices("CPU")
     assert len(devices) == 2, "conftest.py must create two logical CPU devices"
-    strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
-    model = _check_two_devices_equal_one(strategy.scope)
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
+@tensorflow_only("tf.distribute")
+@pytest.mark.parametrize("meta_objective", ["train_batch", "held_out"])
+def test_mirrored_step_equals_single_device_step(mirrored_strategy, meta_objective):
+    model = _check_two_devices_equal_one(mirrored_strategy.scope, meta_objective)
     assert model.distribute_strategy.num_replicas_in_sync == 2
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="JAX only: keras.distribution")
-def test_data_parallel_step_equals_single_device_step():
+@pytest.mark.parametrize("meta_objective", ["train_batch", "held_out"])
+def test_data_parallel_step_equals_single_device_step(meta_objective):
     devices = keras.distribution.list_devices("cpu")
     assert len(devices) == 2, "conftest.py must create two host devices (XLA_FLAGS)"
     distribution = keras.distribution.DataParallel(devices=devices)
-    model = _check_two_devices_equal_one(distribution.scope)
+    model = _check_two_devices_equal_one(distribution.scope, meta_objective)
     kernel = model.target.get_layer("tgt_conv0").kernel.value
     assert len(kernel.sharding.device_set) == 2  # replicated on both devices
 

@@ -89,6 +89,14 @@ def test_bad_method_pairs_and_compile_arguments(networks):
         keras_l2t.TransferModel(source, target, pairs=[])
     with pytest.raises(ValueError, match="lookahead_steps must be an integer >= 1, got 1.5"):
         keras_l2t.TransferModel(source, target, lookahead_steps=1.5)
+    with pytest.raises(ValueError, match="meta_objective must be one of train_batch, "
+                                         "held_out, got 'validation'"):
+        keras_l2t.TransferModel(source, target, pairs="all", source_layers=["src_block0"],
+                                target_layers=["tgt_block0"], meta_objective="validation")
+    with pytest.raises(ValueError, match="'held_out' needs a method with meta-networks.*'at'"):
+        keras_l2t.TransferModel(source, target, method="at", pairs="one_to_one",
+                                source_layers=["src_block0"], target_layers=["tgt_block0"],
+                                meta_objective="held_out")
 
 
 def test_target_maps_of_unknown_size_are_refused_by_name(networks):

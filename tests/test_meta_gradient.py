@@ -11,8 +11,9 @@ from keras_l2t._update_rules import update_rule_for
 from keras_l2t.exact_batch_norm import is_batch_norm_exact
 
 
-def _compiled_model(lookahead_steps):
-    model = toy_transfer_model(lookahead_steps=lookahead_steps, seed=1)
+def _compiled_model(lookahead_steps, meta_objective="train_batch"):
+    model = toy_transfer_model(lookahead_steps=lookahead_steps, seed=1,
+                               meta_objective=meta_objective)
     model.compile(
         optimizer=keras_l2t.CoupledSGD(0.2, momentum=0.9, weight_decay=1e-2),
         meta_optimizer=keras.optimizers.Adam(1e-3),
@@ -23,23 +24,23 @@ def _compiled_model(lookahead_steps):
     return model
 
 
-def _meta_objective(model, x, y):
+def _meta_objective(model, x, y, meta_batch=None):
     """L_org(theta_{T+1}) at the variables' current values, as a Python float.
 
     On TensorFlow it runs as one graph, traced once (the unused gradient is pruned);
     on JAX `meta_gradient` is compiled already.
     """
     if BACKEND != "tensorflow":
-        return lambda: float(model.meta_gradient(x, y)[0])
+        return lambda: float(model.meta_gradient(x, y, meta_batch=meta_batch)[0])
     import tensorflow as tf
 
-    graph = tf.function(lambda: model.meta_gradient(x, y)[0])
+    graph = tf.function(lambda: model.meta_gradient(x, y, meta_batch=meta_batch)[0])
     return lambda: float(graph())
 
 
-def _finite_difference(model, x, y, eps=1e-5):
+def _finite_difference(model, x, y, eps=1e-5, meta_batch=None):
     """Central differences of the meta objective, one phi entry at a time."""
-    meta_objective = _meta_objective(model, x, y)
+    meta_objective = _meta_objective(model, x, y, meta_batch)
     grads = []
     for variable in model._phi_variables:
         base = variable.numpy()
@@ -78,12 +79,34 @@ def test_meta_gradient_matches_finite_differences_through_batch_norm(float64, lo
     assert error < 1e-6, error
 
 
-def test_meta_objective_is_the_loss_after_the_optimizers_own_lookahead_steps():
-    """L_org(theta_{T+1}) equals the cross-entropy after T `optimizer.apply` steps on the
-    matching loss and one on the cross-entropy, taken for real on a copy: the lookahead's
-    step order, objectives, starting momentums and rate are the optimizer's own."""
+def test_held_out_meta_gradient_matches_finite_differences(float64):
+    """The held-out objective: the lookahead trains on (x, y), L_org(theta_{T+1}) is the
+    cross-entropy of another batch (of another size)."""
+    model = _compiled_model(2, meta_objective="held_out")
+    x, y = toy_batch(n=6, seed=3, dtype="float64")
+    meta_batch = toy_batch(n=5, seed=4, dtype="float64")
+    model.train_on_batch((x, y), meta_batch)  # non-zero momentums, moved BN statistics
+    meta_loss, analytic = model.meta_gradient(x, y, meta_batch=meta_batch)
+    analytic = [to_numpy(g) for g in analytic]
+    numeric = _finite_difference(model, x, y, meta_batch=meta_batch)
+    assert np.linalg.norm(np.concatenate([g.ravel() for g in numeric])) > 1e-6
+    assert _relative_error(analytic, numeric) < 1e-6
+    # Not the training batch's objective: another value and another gradient.
+    train_loss, train_grads = model.meta_gradient(x, y, meta_batch=(x, y))
+    assert abs(float(train_loss) - float(meta_loss)) > 1e-3
+    assert _relative_error([to_numpy(g) for g in train_grads], numeric) > 1e-2
+
+
+@pytest.mark.parametrize("meta_objective", ["train_batch", "held_out"])
+def test_meta_objective_is_the_loss_after_the_optimizers_own_lookahead_steps(meta_objective):
+    """L_org(theta_{T+1}) equals the cross-entropy (of the meta batch) after T
+    `optimizer.apply` steps on the matching loss and one on the cross-entropy of the
+    training batch, taken for real on a copy: the lookahead's step order, objectives,
+    starting momentums and rate are the optimizer's own."""
     x, y = toy_batch(n=8, seed=12)
-    model, copy = _compiled_model(2), _compiled_model(2)
+    meta_batch = (x, y) if meta_objective == "train_batch" else toy_batch(n=4, seed=14)
+    model = _compiled_model(2, meta_objective)
+    copy = _compiled_model(2, meta_objective)
     rng = np.random.default_rng(13)
     for m in (model, copy):
         m.optimizer.build(m._theta_variables)
@@ -93,7 +116,7 @@ def test_meta_objective_is_the_loss_after_the_optimizers_own_lookahead_steps():
         b.assign(momentum)
     for a, b in zip(copy.weights, model.weights, strict=True):
         a.assign(b.numpy())
-    meta_loss, _ = model.meta_gradient(x, y)
+    meta_loss, _ = model.meta_gradient(x, y, meta_batch=meta_batch)
 
     source = copy._source_outputs(x)
     channel_weights, pair_weights = copy._transfer_weights(source)
@@ -109,7 +132,10 @@ def test_meta_objective_is_the_loss_after_the_optimizers_own_lookahead_steps():
         # Variables the objective does not reach still move by momentum and weight decay.
         grads = [keras.ops.zeros(v.shape) if g is None else g for g, v in zip(grads, theta)]
         copy.optimizer.apply(grads, theta)
-    np.testing.assert_allclose(to_numpy(meta_loss), to_numpy(term("ce")), rtol=1e-5)
+    x_meta, y_meta = meta_batch
+    logits = copy._target_outputs(x_meta, adapters=False).logits
+    meta_ce = keras.ops.mean(copy._cross_entropy(y_meta, logits))
+    np.testing.assert_allclose(to_numpy(meta_loss), to_numpy(meta_ce), rtol=1e-5)
 
 
 def test_first_order_meta_gradient_is_zero(float64):

@@ -168,6 +168,35 @@ def test_fit_reports_every_metric_and_validation():
                                rtol=1e-5)
 
 
+def test_held_out_fit_takes_two_zipped_pipelines_and_trains_theta_on_the_first_only():
+    """fit on tf.data.Dataset.zip((train, meta)) builds the compiled metrics and
+    validates on the usual (x, y); the real step is the paper's (same theta), the meta
+    step sees the meta batch (another phi)."""
+    import tensorflow as tf
+
+    x, y = toy_batch(n=8, seed=2)
+    x_meta, y_meta = toy_batch(n=8, seed=9)
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    meta = tf.data.Dataset.from_tensor_slices((x_meta, y_meta)).batch(4).repeat()
+    held_out = _compile(toy_transfer_model(seed=3, meta_objective="held_out"))
+    history = held_out.fit(tf.data.Dataset.zip((train, meta)), epochs=1,
+                           validation_data=(x, y), verbose=0).history
+    assert {"accuracy", "meta_ce", "val_accuracy", "lambda_0"} <= set(history)
+    assert held_out.optimizer.iterations.numpy() == 2
+    # One step from the same start: theta moves as the paper's real step, phi does not.
+    start = _compile(toy_transfer_model(seed=3, meta_objective="held_out"))
+    paper = _compile(toy_transfer_model(seed=3))
+    paper.set_weights(start.get_weights())
+    start.train_on_batch((x[:4], y[:4]), (x_meta[:4], y_meta[:4]))
+    paper.train_on_batch(x[:4], y[:4])
+    for a, b in zip(start._theta_variables, paper._theta_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+    assert any(not np.allclose(a.numpy(), b.numpy())
+               for a, b in zip(start._phi_variables, paper._phi_variables))
+    with pytest.raises(ValueError, match=r"elements \(\(x, y\), \(x_meta, y_meta\)\)"):
+        held_out.fit(train, epochs=1, verbose=0)
+
+
 def test_fm_equals_l2t_ww_with_frozen_meta_networks_and_unit_pair_weights():
     """With a zero meta learning rate, no L2 on phi and lambda forced to 1, the real step of
     l2t_ww is the fm step (uniform channel weights at initialisation)."""
