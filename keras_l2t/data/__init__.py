@@ -18,6 +18,18 @@ Example (a folder of images, one sub-folder per class, as MIT Indoor 67 or Stanf
     >>> images, labels = next(iter(data.train))
     >>> tuple(images.shape), labels.dtype.name
     ((4, 32, 32, 3), 'int32')
+
+A held-out meta split for `TransferModel(..., meta_objective="held_out")`: one image per
+class here, carved from the 4 kept, and `zip_meta` pairs every training batch with a
+meta batch:
+    >>> data = load_dataset("image_folder", data_dir=root, samples_per_class=4,
+    ...                     val_fraction=0.2, image_size=32, batch_size=4,
+    ...                     meta_fraction=0.25)
+    >>> data.num_train, data.num_meta
+    (6, 2)
+    >>> (x, y), (x_meta, y_meta) = next(iter(zip_meta(data.train, data.meta)))
+    >>> tuple(x_meta.shape)
+    (4, 32, 32, 3)
 """
 
 from keras_l2t.data.augment import IMAGENET_MEAN, IMAGENET_STD
@@ -30,7 +42,7 @@ from keras_l2t.data.image_folder import (
 )
 from keras_l2t.data.layouts import arrange_mit_indoor67, arrange_stanford40
 from keras_l2t.data.load import DataSplits, load_dataset, make_source
-from keras_l2t.data.pipeline import build_pipeline
+from keras_l2t.data.pipeline import build_pipeline, zip_meta
 from keras_l2t.data.source import Source
 from keras_l2t.data.splits import SplitIndices, split_train_val
 from keras_l2t.data.tfds_source import DatasetNotPreparedError, TfdsSource
@@ -57,4 +69,5 @@ __all__ = [
     "make_source",
     "read_idx",
     "split_train_val",
+    "zip_meta",
 ]

@@ -29,6 +29,12 @@ class DataSplits:
         class_names: names indexed by label.
         image_size: S.
         num_train, num_val, num_test: examples in each split.
+        meta: endless shuffled, augmented batches for a held-out meta objective, as
+            ``train`` (same augmentation and batch size): of the meta split carved with
+            ``meta_fraction``, or of the training images with ``meta_from_train``, with
+            its own seed; None without either. `zip_meta(train, meta)` pairs them.
+        num_meta: images ``meta`` draws from: the meta split's size, ``num_train`` with
+            ``meta_from_train``, 0 without a meta stream.
     """
 
     train: tf.data.Dataset
@@ -40,6 +46,23 @@ class DataSplits:
     num_train: int
     num_val: int
     num_test: int
+    meta: tf.data.Dataset | None = None
+    num_meta: int = 0
+
+
+# Salt of the meta stream's seed (derived from the shuffle seed): "meta" in ASCII.
+_META_SEED_SALT = 0x6D657461
+
+
+def meta_seed(shuffle_seed: int) -> int:
+    """The shuffle and augmentation seed of the meta stream, derived from ``shuffle_seed``.
+
+    Example:
+        >>> meta_seed(0) == meta_seed(0) != meta_seed(1)
+        True
+    """
+    state = np.random.SeedSequence([int(shuffle_seed) % 2**63, _META_SEED_SALT])
+    return int(state.generate_state(1, np.uint32)[0])
 
 
 def make_source(
@@ -129,6 +152,8 @@ def load_dataset(
     download: bool = False,
     check_files: bool = True,
     source: Source | None = None,
+    meta_fraction: float = 0.0,
+    meta_from_train: bool = False,
 ) -> DataSplits:
     """Loads a dataset of the paper as train / val / test tf.data pipelines.
 
@@ -138,6 +163,11 @@ def load_dataset(
     (authors' code: 224 px random resized crop + flip, eval resize 256 / centre crop 224;
     32 px pad 4 + random crop + flip). Images are float32, normalised with the ImageNet
     mean and std, RGB; labels are int32.
+
+    For a held-out meta objective (`TransferModel(..., meta_objective="held_out")`),
+    ``meta_fraction`` carves a class-balanced meta split from the training images and
+    ``DataSplits.meta`` streams it; ``meta_from_train`` streams the training images
+    themselves instead (another shuffle, no carve).
 
     Args:
         name: ``stanford_dogs``, ``cub200``, ``cifar100``, ``stl10``, ``mit_indoor67``,
@@ -167,9 +197,20 @@ def load_dataset(
         check_files: check every image file of an image folder when listing it.
         source: a ready `Source` to use instead of building one from ``name``
             (``name`` then only picks the defaults).
+        meta_fraction: fraction of each class's training images (after the validation
+            carve and ``samples_per_class``, so they are part of the N per class) held
+            out as the meta split, seeded by ``split_seed``; half rounded up, at least
+            one per class. 0: no meta split.
+        meta_from_train: make ``meta`` a second stream of the training images, with its
+            own shuffle and augmentation (needs ``meta_fraction=0``).
 
     Returns:
         A `DataSplits`.
+
+    Raises:
+        ValueError: for bad arguments, a class with fewer than ``samples_per_class``
+            training images, or a meta carve that would leave a class without a
+            training image.
 
     Example (TFDS' mock: 20 random images stand in for a prepared CIFAR-100):
         >>> import tensorflow_datasets as tfds
@@ -182,6 +223,11 @@ def load_dataset(
         ((8, 32, 32, 3), 'int32')
     """
     spec = catalog.get_spec(name)
+    if meta_from_train and meta_fraction:
+        raise ValueError(
+            f"Pass meta_fraction={meta_fraction} (a held-out meta split) or "
+            "meta_from_train=True (a second stream of the training images), not both."
+        )
     if source is None:
         source = make_source(name, data_dir, download=download, check_files=check_files)
     image_size = image_size or spec.image_size
@@ -216,13 +262,15 @@ def load_dataset(
         samples_per_class=samples_per_class,
         classes=_resolve_classes(classes, source.class_names),
         class_names=source.class_names,
+        meta_fraction=meta_fraction,
     )
     label_map = chosen.label_map
     train_idx, val_idx = positions[chosen.train], positions[chosen.val]
+    meta_idx = train_idx if meta_from_train else positions[chosen.meta]
     kept = np.flatnonzero(label_map >= 0)
     class_names = tuple(source.class_names[c] for c in kept[np.argsort(label_map[kept])])
 
-    def batched(split, idx, split_labels, training, batch):
+    def batched(split, idx, split_labels, training, batch, seed=shuffle_seed, repeat=False):
         ds = source.dataset(split, idx, label_map[split_labels[idx]])
         return build_pipeline(
             ds,
@@ -231,11 +279,12 @@ def load_dataset(
             image_size=image_size,
             augmentation=augmentation,
             batch_size=batch,
-            seed=shuffle_seed,
+            seed=seed,
             shuffle_buffer=shuffle_buffer,
             drop_remainder=drop_remainder and training,
             num_parallel_calls=num_parallel_calls,
             antialias=antialias,
+            repeat=repeat,
         )
 
     test, num_test = None, 0
@@ -244,6 +293,10 @@ def load_dataset(
         test_idx = splits.select_classes(test_labels, label_map)
         test = batched("test", test_idx, test_labels, False, eval_batch_size)
         num_test = len(test_idx)
+    meta = None
+    if len(meta_idx) and (meta_fraction or meta_from_train):
+        meta = batched("train", meta_idx, labels, True, batch_size,
+                       seed=meta_seed(shuffle_seed), repeat=True)
     return DataSplits(
         train=batched("train", train_idx, labels, True, batch_size),
         val=batched("train", val_idx, labels, False, eval_batch_size),
@@ -254,4 +307,6 @@ def load_dataset(
         num_train=len(train_idx),
         num_val=len(val_idx),
         num_test=num_test,
+        meta=meta,
+        num_meta=len(meta_idx) if meta is not None else 0,
     )

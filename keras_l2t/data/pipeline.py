@@ -39,6 +39,7 @@ def build_pipeline(
     drop_remainder: bool = False,
     num_parallel_calls: int = AUTOTUNE,
     antialias: bool = True,
+    repeat: bool = False,
 ) -> tf.data.Dataset:
     """Turns a dataset of (x, label) into batches of (float32 image, int32 label).
 
@@ -63,6 +64,8 @@ def build_pipeline(
         drop_remainder: drop the last partial batch.
         num_parallel_calls: parallelism of the decode/augment map.
         antialias: antialiased resizing (as PIL); False is about 1.6x faster at 224 px.
+        repeat: (training only) repeat forever, every pass reshuffled, and batch across
+            passes, so every batch is full (a meta split; ``drop_remainder`` is moot).
 
     Returns:
         A prefetched, batched ``tf.data.Dataset``.
@@ -73,6 +76,8 @@ def build_pipeline(
         train_fn = augment.train_transform(augmentation, image_size, antialias)
         buffer = shuffle_buffer or _default_shuffle_buffer(ds, kind)
         ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds))
 
@@ -81,6 +86,8 @@ def build_pipeline(
             return train_fn(_load(x, kind), example_seed), tf.cast(label, tf.int32)
 
         ds = ds.map(train_map, num_parallel_calls=num_parallel_calls, deterministic=True)
+    elif repeat:
+        raise ValueError("repeat=True is for training pipelines.")
     else:
         eval_fn = augment.eval_transform(augmentation, image_size, antialias)
 
@@ -88,5 +95,41 @@ def build_pipeline(
             return eval_fn(_load(x, kind)), tf.cast(label, tf.int32)
 
         ds = ds.map(eval_map, num_parallel_calls=num_parallel_calls, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder or repeat)
     return ds.prefetch(AUTOTUNE)
+
+
+def zip_meta(train: tf.data.Dataset, meta: tf.data.Dataset) -> tf.data.Dataset:
+    """Pairs each training batch with a meta batch: elements ``((x, y), (x_meta, y_meta))``.
+
+    What `TransferModel(..., meta_objective="held_out")` trains on. ``meta`` repeats
+    forever (`DataSplits.meta`), so the result has ``train``'s length; a meta batch is
+    cut to its training batch's size (the last, partial training batch of an epoch).
+
+    Args:
+        train: batches of (images, labels), e.g. `DataSplits.train`.
+        meta: endless batches of (images, labels) of the same batch size, e.g.
+            `DataSplits.meta`.
+
+    Returns:
+        The zipped ``tf.data.Dataset``.
+
+    Example:
+        >>> import numpy as np
+        >>> train = tf.data.Dataset.from_tensor_slices(
+        ...     (np.zeros((10, 2), "float32"), np.zeros(10, "int32"))).batch(4)
+        >>> meta = tf.data.Dataset.from_tensor_slices(
+        ...     (np.ones((3, 2), "float32"), np.ones(3, "int32"))).repeat().batch(4)
+        >>> [(len(y), len(y_meta)) for (_, y), (_, y_meta) in zip_meta(train, meta)]
+        [(4, 4), (4, 4), (2, 2)]
+    """
+    ds = tf.data.Dataset.zip((train, meta))
+    train_batch = tf.nest.flatten(train.element_spec)[0].shape[0]
+    if train_batch is not None and train_batch == tf.nest.flatten(meta.element_spec)[0].shape[0]:
+        return ds  # every batch full (drop_remainder): nothing to cut
+
+    def cut(batch, meta_batch):
+        size = tf.shape(tf.nest.flatten(batch)[0])[0]
+        return batch, tf.nest.map_structure(lambda t: t[:size], meta_batch)
+
+    return ds.map(cut, num_parallel_calls=AUTOTUNE, deterministic=True)

@@ -1,4 +1,5 @@
-"""Class-balanced, seeded splits: validation carve, samples per class, class subsets.
+"""Class-balanced, seeded splits: validation carve, samples per class, meta carve, class
+subsets.
 
 Everything here is plain numpy on (key, label) arrays, so a split depends only on the
 keys, the labels and the seed: never on file-system or TFDS read order. Each class is
@@ -6,6 +7,8 @@ split by its own generator seeded with ``(seed, class index)``, so choosing a su
 classes or a different ``samples_per_class`` never changes which images of a class went
 to validation, and the N kept images are a prefix of a fixed per-class order (the 10 kept
 with ``samples_per_class=10`` are among the 20 kept with ``samples_per_class=20``).
+The held-out meta split (``meta_fraction``) is carved last, from those kept images, so it
+never changes which images went to validation.
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ class SplitIndices:
         train: sorted indices of the training examples kept.
         val: sorted indices of the validation examples (disjoint from ``train``).
         label_map: int64 array, original label -> new label, -1 for a dropped class.
+        meta: sorted indices of the held-out meta examples (disjoint from ``train`` and
+            ``val``; empty without ``meta_fraction``).
     """
 
     train: np.ndarray
     val: np.ndarray
     label_map: np.ndarray
+    meta: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def class_label_map(num_classes: int, classes: Sequence[int] | None) -> np.ndarray:
@@ -68,6 +74,14 @@ def _num_val(n: int, fraction: float) -> int:
     return int(min(n - 1, max(1, np.floor(fraction * n + 0.5))))
 
 
+def _num_meta(n: int, fraction: float) -> int:
+    """Meta-split size of a class keeping n training images: round half up, at least one
+    (0 for a class without images or without a meta split)."""
+    if fraction <= 0.0 or n == 0:
+        return 0
+    return int(max(1, np.floor(fraction * n + 0.5)))
+
+
 def split_train_val(
     keys: Sequence[str] | np.ndarray,
     labels: Sequence[int] | np.ndarray,
@@ -78,6 +92,7 @@ def split_train_val(
     samples_per_class: int | None = None,
     classes: Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
+    meta_fraction: float = 0.0,
 ) -> SplitIndices:
     """Carves a class-balanced validation set from a train split, then limits it.
 
@@ -85,7 +100,10 @@ def split_train_val(
     ``samples_per_class`` asks for some): a permutation from
     ``np.random.default_rng([seed, class])``; its first ``round(val_fraction * n)``
     examples form the validation set, and the next ``samples_per_class`` (or all the
-    rest) the training set.
+    rest) the training images kept. With ``meta_fraction``, the first
+    ``round(meta_fraction * kept)`` (at least one) of those kept form the meta split and
+    the others the training set, so the meta images are part of the
+    ``samples_per_class`` and validation does not change with ``meta_fraction``.
 
     Args:
         keys: one unique, stable string per example (file path, TFDS id, index).
@@ -96,14 +114,24 @@ def split_train_val(
         samples_per_class: keep this many training images per class (None: all).
         classes: original class indices to keep (None: all); see `class_label_map`.
         class_names: names used in error messages.
+        meta_fraction: fraction of each class's kept training images held out as the
+            meta split (0 for none; half rounded up, at least one image per class).
 
     Returns:
         A `SplitIndices`.
+
+    Raises:
+        ValueError: for bad fractions or sizes, and when the meta carve would leave a
+            class without a training image; the message names the class.
 
     Example:
         >>> s = split_train_val(["a", "b", "c", "d"], [0, 0, 1, 1], num_classes=2,
         ...                     val_fraction=0.5)
         >>> len(s.train), len(s.val)
+        (2, 2)
+        >>> s = split_train_val(["a", "b", "c", "d"], [0, 0, 1, 1], num_classes=2,
+        ...                     val_fraction=0.0, meta_fraction=0.5)
+        >>> len(s.train), len(s.meta)
         (2, 2)
     """
     keys = np.asarray(keys).astype(str)
@@ -114,11 +142,13 @@ def split_train_val(
         raise ValueError("Example keys are not unique; the split would not be reproducible.")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+    if not 0.0 <= meta_fraction < 1.0:
+        raise ValueError(f"meta_fraction must be in [0, 1), got {meta_fraction}.")
     if samples_per_class is not None and samples_per_class < 1:
         raise ValueError(f"samples_per_class must be >= 1, got {samples_per_class}.")
     label_map = class_label_map(num_classes, classes)
     order = np.argsort(keys, kind="stable")
-    train, val = [], []
+    train, val, meta = [], [], []
     for c in np.flatnonzero(label_map >= 0):
         members = order[labels[order] == c]
         n = len(members)
@@ -135,12 +165,23 @@ def split_train_val(
                     "use more of the train split (train_indices)."
                 )
             rest = rest[:samples_per_class]
+        n_meta = _num_meta(len(rest), meta_fraction)
+        if n_meta and n_meta >= len(rest):
+            raise ValueError(
+                f"meta_fraction={meta_fraction} would leave class {name} with no training "
+                f"image: it keeps {len(rest)} training image(s) ({n} in the train split, "
+                f"{n_val} held out for validation) and the meta split takes {n_meta} "
+                "(half rounded up, at least one per class); lower meta_fraction, or keep "
+                "more images per class (samples_per_class, val_fraction)."
+            )
         val.append(perm[:n_val])
-        train.append(rest)
+        meta.append(rest[:n_meta])
+        train.append(rest[n_meta:])
     return SplitIndices(
         train=np.sort(np.concatenate(train)).astype(np.int64),
         val=np.sort(np.concatenate(val)).astype(np.int64),
         label_map=label_map,
+        meta=np.sort(np.concatenate(meta)).astype(np.int64),
     )
 
 

@@ -93,6 +93,16 @@ class ExperimentConfig:
                                    "lwf_at).")
     distillation_temperature: float = _field(2.0, "LwF softening temperature (lwf, lwf_at).")
     distillation_weight: float = _field(1.0, "Weight of LwF's distillation loss.")
+    meta_objective: str = _field("train_batch", "The batch the meta step's L_org (after the "
+                                 "lookahead) is computed on: train_batch, the real step's "
+                                 "own batch (the paper), or held_out, a second batch of "
+                                 "other images (see --meta_fraction); held_out needs "
+                                 "--method=l2t_ww or l2t_w.")
+    meta_fraction: float = _field(0.0, "With --meta_objective=held_out: the class-balanced "
+                                  "fraction of the training images (after --val_fraction "
+                                  "and --samples_per_class) carved out as the meta split, "
+                                  "e.g. 0.1; 0: the meta batches are another shuffled "
+                                  "stream of the training images themselves.")
     # Optimisation.
     epochs: int = _field(200, "Training epochs.")
     batch_size: int | None = _field(None, "Global batch; the dataset's default (64 / 128).")
@@ -130,6 +140,9 @@ class ExperimentConfig:
         _one_of("strategy", self.strategy, STRATEGIES)
         _one_of("progress", self.progress, PROGRESS)
         _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        from keras_l2t.transfer_model import META_OBJECTIVES
+
+        _one_of("meta_objective", self.meta_objective, META_OBJECTIVES)
         missing = [f"--{n}" for n in ("dataset", "target", "work_dir") if not getattr(self, n)]
         if missing:
             raise ExperimentError(
@@ -154,6 +167,10 @@ class ExperimentConfig:
                 raise ExperimentError(f"--{name} must be >= 1, got {value}.")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ExperimentError(f"--val_fraction must be in [0, 1), got {self.val_fraction}.")
+        if not 0.0 <= self.meta_fraction < 1.0:
+            raise ExperimentError(
+                f"--meta_fraction must be in [0, 1), got {self.meta_fraction}.")
+        self._check_meta_objective()
         if self.learning_rate <= 0:
             raise ExperimentError(f"--learning_rate must be > 0, got {self.learning_rate}.")
         for name in ("seed", "split_seed"):
@@ -195,6 +212,29 @@ class ExperimentConfig:
                 "Source pretraining uses keras fit(), which fails under "
                 "MultiWorkerMirroredStrategy in Keras 3: pretrain with --strategy=mirrored "
                 "or default, then pass the .keras file as --source."
+            )
+
+    def _check_meta_objective(self) -> None:
+        """--meta_objective=held_out needs meta-networks; --meta_fraction needs held_out."""
+        from keras_l2t.methods import get_method
+
+        if self.meta_objective == "held_out":
+            if self.mode != "transfer":
+                raise ExperimentError(
+                    "--meta_objective=held_out is for --mode=transfer (the meta step of "
+                    "l2t_ww and l2t_w); drop it for --mode=pretrain_source."
+                )
+            if not get_method(self.method).meta_learned:
+                raise ExperimentError(
+                    f"--meta_objective=held_out needs a method with meta-networks "
+                    f"(--method=l2t_ww or l2t_w); --method={self.method} has none, so "
+                    "drop --meta_objective (or set it to train_batch)."
+                )
+        elif self.meta_fraction:
+            raise ExperimentError(
+                f"--meta_fraction={self.meta_fraction} carves a meta split for "
+                "--meta_objective=held_out; add --meta_objective=held_out, or drop "
+                "--meta_fraction."
             )
 
     def pair_list(self) -> str | list[tuple[str, str]] | None:

@@ -2,7 +2,10 @@
 
 Each epoch's train pipeline is shuffled and augmented with a seed derived from
 (seed, epoch), so epoch k sees the same batches whether or not the process was
-restarted before it: a resumed run repeats the uninterrupted one.
+restarted before it: a resumed run repeats the uninterrupted one. With
+`--meta_objective=held_out` an epoch's pipeline pairs each training batch with a meta
+batch, `((x, y), (x_meta, y_meta))`; the meta stream is rebuilt every epoch too, its
+seed derived from the epoch's.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import math
 
 import tensorflow as tf
 
-from keras_l2t.data import DataSplits, get_spec, load_dataset, make_source
+from keras_l2t.data import DataSplits, get_spec, load_dataset, make_source, zip_meta
 from keras_l2t.experiment.config import ExperimentConfig, parse_range
 from keras_l2t.experiment.errors import ExperimentError
 
@@ -27,7 +30,8 @@ class ExperimentData:
     """Val and test pipelines, and a factory of per-epoch train pipelines.
 
     Attributes:
-        splits: The `DataSplits` of epoch 0 (val, test, sizes, class names).
+        splits: The `DataSplits` of epoch 0 (val, test, sizes, class names; `meta` with
+            a held-out meta objective).
         steps_per_epoch: Train steps in one epoch.
     """
 
@@ -37,9 +41,11 @@ class ExperimentData:
     _kwargs: dict
 
     def train(self, epoch: int) -> tf.data.Dataset:
-        """The train pipeline of `epoch` (0-based)."""
-        seed = epoch_seed(self.seed, epoch)
-        return load_dataset(**self._kwargs, shuffle_seed=seed).train.take(self.steps_per_epoch)
+        """What `fit` trains on in `epoch` (0-based): batches (x, y), or with a meta
+        stream (`--meta_objective=held_out`) `((x, y), (x_meta, y_meta))`."""
+        splits = load_dataset(**self._kwargs, shuffle_seed=epoch_seed(self.seed, epoch))
+        train = splits.train if splits.meta is None else zip_meta(splits.train, splits.meta)
+        return train.take(self.steps_per_epoch)
 
 
 def load_data(config: ExperimentConfig, *, num_replicas: int = 1,
@@ -62,10 +68,14 @@ def load_data(config: ExperimentConfig, *, num_replicas: int = 1,
         batch_flag, batch = "--source_pretrain_batch_size", config.source_pretrain_batch_size
         indices_flag, indices = "source_pretrain_indices", config.source_pretrain_indices
         samples_per_class, val_fraction = None, 0.0
+        meta = {}
     else:
         batch_flag, batch = "--batch_size", config.batch_size or spec.batch_size
         indices_flag, indices = "train_indices", config.train_indices
         samples_per_class, val_fraction = config.samples_per_class, config.val_fraction
+        held_out = config.meta_objective == "held_out"
+        meta = dict(meta_fraction=config.meta_fraction if held_out else 0.0,
+                    meta_from_train=held_out and not config.meta_fraction)
     if batch % num_replicas:
         raise ExperimentError(
             f"{batch_flag}={batch} does not divide by the {num_replicas} replicas; use a "
@@ -87,11 +97,13 @@ def load_data(config: ExperimentConfig, *, num_replicas: int = 1,
         batch_size=batch,
         eval_batch_size=config.eval_batch_size or batch,
         drop_remainder=drop_remainder,
+        **meta,
     )
     try:
         splits = load_dataset(**kwargs, shuffle_seed=epoch_seed(config.seed, 0))
     except (FileNotFoundError, ValueError) as error:
-        message = str(error).replace("train_indices", f"--{indices_flag}")
+        message = str(error).replace("train_indices", f"--{indices_flag}").replace(
+            "meta_fraction=", "--meta_fraction=")
         raise ExperimentError(f"--dataset={config.dataset}: {message}".replace("\n", " ")
                               ) from None
     rounding = math.floor if drop_remainder else math.ceil

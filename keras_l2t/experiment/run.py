@@ -197,7 +197,7 @@ def build_transfer_model(config: ExperimentConfig, source: keras.Model,
         )
     arguments = {name: getattr(config, name) for name in (
         "pair_weight_activation", "lookahead_steps", "meta_weight_decay", "attention_beta",
-        "distillation_temperature", "distillation_weight", "beta",
+        "distillation_temperature", "distillation_weight", "beta", "meta_objective",
     )}
     try:
         return TransferModel(source, target, method=config.method, **arguments, **kwargs)
@@ -814,7 +814,9 @@ def _run_transfer(config: ExperimentConfig, strategy: Strategy, callbacks: list)
     splits = data.splits
     total_steps = config.epochs * data.steps_per_epoch
     # A fixed batch: it builds the compiled metrics, and the pictures are drawn on it.
-    sample = next((splits.val if splits.num_val else data.train(0)).as_numpy_iterator())
+    # (x, y), also with a held-out meta objective (`data.train` then pairs it with a meta
+    # batch); epoch 0's first training batch when there is no validation split.
+    sample = next((splits.val if splits.num_val else splits.train).as_numpy_iterator())
     with strategy.scope():
         target = build_network(config.target, splits.num_classes, splits.image_size)
         source = build_source(config, splits.num_classes, splits.image_size)
@@ -848,8 +850,12 @@ def _run_transfer(config: ExperimentConfig, strategy: Strategy, callbacks: list)
         log.truncate(start)
         picture_log = PictureLog(model, sample[0], log,
                                  work_dir.path(config.work_dir, work_dir.PICTURES))
+    meta = ""
+    if config.meta_objective == "held_out":
+        meta = (f"{splits.num_meta} meta / " if config.meta_fraction
+                else "meta batches from train / ")
     _log(f"{config.method}: {config.source or '-'} -> {config.target} on {config.dataset} "
-         f"({splits.num_train} train / {splits.num_val} val / {splits.num_test} test, "
+         f"({splits.num_train} train / {splits.num_val} val / {meta}{splits.num_test} test, "
          f"{splits.num_classes} classes, {len(model.pairs)} pairs), "
          f"{strategy.num_replicas_in_sync} replica(s) on {keras.backend.backend()}, "
          f"{data.steps_per_epoch} steps/epoch.")
@@ -886,6 +892,9 @@ def _run_transfer(config: ExperimentConfig, strategy: Strategy, callbacks: list)
         "num_train": splits.num_train,
         "num_val": splits.num_val,
         "num_test": splits.num_test,
+        "meta_objective": config.meta_objective,
+        "meta_fraction": config.meta_fraction,
+        "num_meta": splits.num_meta,
         "class_names": list(splits.class_names),
         "image_size": splits.image_size,
         "target_weights_sha1": _fingerprint(model.target),

@@ -107,3 +107,44 @@ def test_no_validation_and_tiny_classes():
     s = split_train_val(keys, labels, num_classes=2, val_fraction=0.1)
     # A single-image class keeps it for training; a 3-image class gives one to validation.
     assert np.bincount(labels[s.val], minlength=2).tolist() == [0, 1]
+
+
+def test_meta_split_is_carved_from_the_kept_images_and_keeps_validation():
+    keys, labels = _data((20, 25, 30))
+    plain = split_train_val(keys, labels, num_classes=3, seed=5, samples_per_class=10)
+    s = split_train_val(keys, labels, num_classes=3, seed=5, samples_per_class=10,
+                        meta_fraction=0.25)
+    # round(2.5) half up = 3 of the 10 kept per class; the rest trains.
+    assert np.bincount(labels[s.meta]).tolist() == [3, 3, 3]
+    assert np.bincount(labels[s.train]).tolist() == [7, 7, 7]
+    assert set(s.meta) | set(s.train) == set(plain.train)  # part of the N per class
+    assert not set(s.meta) & set(s.train) and not set(s.meta) & set(s.val)
+    assert s.val.tolist() == plain.val.tolist()
+    assert split_train_val(keys, labels, num_classes=3, seed=5).meta.tolist() == []
+
+
+def test_meta_split_sizes_seed_and_subset():
+    keys, labels = _data((3, 10, 41))
+    s = split_train_val(keys, labels, num_classes=3, seed=1, val_fraction=0.0,
+                        meta_fraction=0.05)
+    assert np.bincount(labels[s.meta]).tolist() == [1, 1, 2]  # at least 1; 2.05 -> 2
+    again = split_train_val(keys, labels, num_classes=3, seed=1, val_fraction=0.0,
+                            meta_fraction=0.05)
+    assert s.meta.tolist() == again.meta.tolist() and s.train.tolist() == again.train.tolist()
+    other = split_train_val(keys, labels, num_classes=3, seed=2, val_fraction=0.0,
+                            meta_fraction=0.05)
+    assert set(other.meta) != set(s.meta)
+    sub = split_train_val(keys, labels, num_classes=3, seed=1, val_fraction=0.0,
+                          meta_fraction=0.05, classes=[2])
+    assert set(sub.meta) == {i for i in s.meta if labels[i] == 2}
+
+
+def test_meta_split_that_empties_a_class_names_it():
+    keys, labels = _data((20, 20))
+    with pytest.raises(ValueError, match=r"meta_fraction=0.5 would leave class 0 \('a'\) with "
+                       r"no training image: it keeps 1 training image\(s\) \(20 in the train "
+                       r"split, 2 held out for validation\) and the meta split takes 1"):
+        split_train_val(keys, labels, num_classes=2, samples_per_class=1, meta_fraction=0.5,
+                        class_names=["a", "b"])
+    with pytest.raises(ValueError, match=r"meta_fraction must be in \[0, 1\), got 1.0"):
+        split_train_val(keys, labels, num_classes=2, meta_fraction=1.0)

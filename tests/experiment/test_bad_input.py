@@ -62,6 +62,17 @@ def _config(work_dir, fashion_dir, source_file, **overrides) -> ExperimentConfig
         (dict(image_size=16), "takes 8x8 images, not --image_size=16; pass --image_size=8"),
         (dict(source="cnn_4_6", source_pretrain_epochs=1, source_pretrain_indices="0:999"),
          "--source_pretrain_indices must lie in [0, 60)"),
+        (dict(meta_objective="heldout"),
+         "--meta_objective='heldout' is not one of train_batch, held_out"),
+        (dict(meta_fraction=0.1), "--meta_fraction=0.1 carves a meta split for "
+         "--meta_objective=held_out; add --meta_objective=held_out, or drop --meta_fraction"),
+        (dict(meta_objective="held_out", meta_fraction=1.0),
+         "--meta_fraction must be in [0, 1), got 1.0"),
+        (dict(meta_objective="held_out", meta_fraction=0.5, samples_per_class=1),
+         "--dataset=fashion_mnist: --meta_fraction=0.5 would leave class 0 ('T-shirt/top') "
+         "with no training image"),
+        (dict(mode="pretrain_source", meta_objective="held_out"),
+         "--meta_objective=held_out is for --mode=transfer"),
     ],
 )
 def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, fashion_dir, source_file,
