@@ -15,6 +15,23 @@ Diagnostics recorded there (each reuses the cached sources and finished runs):
     python benchmarks/fashion_mnist_transfer.py --steps=1000 --settings=A_N5 \
         --methods=scratch,at,l2t_ww
 
+The cross-domain case (X_N10, below; not among the default settings). At 300 steps
+transfer does not hurt there: the target underfits permuted images (scratch 33.7 %,
+training cross-entropy still ~1.5) and the matching losses act as optimisation hints
+(5 seeds, paired vs scratch: at +3.1, t +5.1, 5/5; l2t_ww +0.1). Neither more data
+(X_N100) nor inverted intensities (XI_N10) changed that (2 seeds). The harder case is
+the same X_N10 trained for 1,000 steps, where scratch learns the task (55.5 %): fm and
+at are then neutral (-0.1, -0.4) and l2t_ww falls below scratch, -2.7 +- 2.3 points,
+t -2.7, in 4 of 5 seeds (the fifth a tie). Logs in
+benchmarks/results/cpu_fashion_mnist_cross_domain*.log:
+
+    python benchmarks/fashion_mnist_transfer.py --settings=X_N10 \
+        --methods=scratch,fm,at,l2t_ww --seeds=0,1,2,3,4 --steps=300
+    python benchmarks/fashion_mnist_transfer.py --settings=X_N10 \
+        --methods=scratch,fm,at,l2t_ww --seeds=0,1,2,3,4 --steps=1000
+    python benchmarks/fashion_mnist_transfer.py --settings=XI_N10,X_N100 \
+        --methods=scratch,fm,at,l2t_ww --seeds=0,1 --steps=300
+
 Two frozen sources are pretrained once and cached under `--work_dir`
 (default runs/fashion_mnist_benchmark/source_all and source_0_4): the small CNN
 `cnn_32_64_128` on Fashion-MNIST train images 0-49,999, on all 10 classes (case A) or on
@@ -26,10 +43,36 @@ number of SGD steps:
   N images per class drawn from train images 50,000-59,999, tested on the official
   10,000 test images;
 - B, N=10 (unrelated classes): source on classes 0-4, target on classes 5-9 of images
-  50,000-59,999, tested on the 5,000 test images of classes 5-9.
+  50,000-59,999, tested on the 5,000 test images of classes 5-9;
+- X, N=10 (cross-domain, a target the source should not help with): source_all; the
+  target is 10 images per class of images 50,000-59,999, all 10 classes, tested on the
+  official test images, but every image (train and test) is first resized to 32 x 32 as
+  usual and then goes through ONE fixed random permutation of its 1,024 pixel positions
+  (`PERMUTATION_SEED`, the same for every run seed; `PermutedFashionMnist`). Nothing of
+  a garment's spatial structure is left for convolutional features. The permutation acts
+  on the 32-px image, not on the raw 28-px one: then it is lossless and the network's
+  input is exactly a permutation of what a plain Fashion-MNIST setting would feed it (up
+  to augmentation), whereas permuting at 28 px would let the 28 -> 32 bilinear
+  upsampling blend unrelated pixels into each input pixel. It is applied in the source
+  dataset, before the library's pipeline, so the rest of the recipe is unchanged: the
+  pipeline sees 32-px images (and skips its resize), and pads, crops and flips the
+  permuted image as it would any image (the flip and the shift are no longer the
+  symmetries of the data; they are kept because they are the recipe's). Two variants
+  tried as harder cases at 300 steps (neither made transfer hurt): X_N100, 100 images
+  per class; XI_N10, the permuted images also inverted (255 - x, so the source sees a
+  bright background it never saw, while the target's first convolution and batch norm
+  can absorb a sign flip).
 
 Methods: scratch, fm (single pair), at (one-to-one), l2t_w (one-to-one), l2t_ww
-(all-to-all, 3 x 3 pairs). The paper's networks are scaled down: ResNet-32 source ->
+(all-to-all, 3 x 3 pairs). Each row of the table is a recipe (`RECIPES`, the names that
+`--methods` takes): a method with its pairs, extra `TransferModel` arguments and the data
+its meta objective is computed on. The five methods are plain recipes of the same name;
+`l2t_ww_held_out` and `l2t_ww_held_out_train` compute L2T-ww's meta objective on a
+separate meta batch (`TransferModel(meta_objective="held_out")`, elements
+`((x, y), (x_meta, y_meta))`): the first carves `--meta_fraction` of each class's N
+images off as meta images (at least 1 per class; the real steps never train on them), the
+second draws its meta batches from a second shuffled, augmented stream of the same N
+images (another seed). The paper's networks are scaled down: ResNet-32 source ->
 3-stage VGG-style `cnn_32_64_128`, VGG-9 target -> 3-stage `cnn_16_32_64`; taps are the
 stage outputs (after ReLU, before the max-pool). Everything else is the paper's 32-px
 recipe (pad 4 + random crop 32 + flip, CoupledSGD lr 0.1 momentum 0.9 weight decay 1e-4
@@ -38,13 +81,21 @@ beta = 2.0 (as the demo, for short runs) and a fixed number of steps instead of 
 epochs. A seed fixes the target images, their batch order and augmentation, and the
 target's initial weights, identically for every method. Test accuracy is taken at the
 end of training (no validation set is held out). Results of every run are appended to
-`<work_dir>/results.json`; a rerun skips the runs already there.
+`<work_dir>/results.json`; a rerun skips the runs already there (a run is identified by
+its setting, recipe, seed and training knobs; runs stored before recipes existed count
+as their method's plain recipe).
+
+The summary prints, per setting, a table against scratch, then one line per setting:
+every row's paired difference to the better of the fm and at baselines (by mean), and
+the mean wall time of one run's training per row.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -57,7 +108,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_l2t import CoupledSGD, TorchAdam, TransferModel
-from keras_l2t.data import load_dataset
+from keras_l2t.data import load_dataset, splits
+from keras_l2t.data.fashion_mnist import FashionMnistSource
 from keras_l2t.networks import small_cnn, small_cnn_taps
 from keras_l2t.source_pretraining import SOURCE_FILE_NAME, pretrain_source
 
@@ -71,7 +123,18 @@ SETTINGS: dict[str, tuple[str, list[int] | None, int]] = {
     "A_N5": ("source_all", None, 5),
     "A_N20": ("source_all", None, 20),
     "B_N10": ("source_0_4", [5, 6, 7, 8, 9], 10),
+    "X_N10": ("source_all", None, 10),
+    "X_N100": ("source_all", None, 100),
+    "XI_N10": ("source_all", None, 10),
 }
+# The settings a call runs without --settings (the recorded table's; X_* on request).
+DEFAULT_SETTINGS = ("A_N5", "A_N20", "B_N10")
+# Settings whose target images (train and test) go through `PermutedFashionMnist`, and
+# whether their intensities are also inverted (255 - x).
+PERMUTED_SETTINGS: dict[str, bool] = {"X_N10": False, "X_N100": False, "XI_N10": True}
+# The permutation of X's pixels: fixed, independent of the run seeds.
+PERMUTATION_SEED = 1919
+IMAGE_SIZE = 32
 SOURCES: dict[str, list[int] | None] = {"source_all": None, "source_0_4": [0, 1, 2, 3, 4]}
 METHOD_PAIRS: dict[str, str | None] = {
     "scratch": None,
@@ -82,6 +145,42 @@ METHOD_PAIRS: dict[str, str | None] = {
 }
 META_METHODS = ("l2t_w", "l2t_ww")
 META_OPTIMIZERS = {"torch_adam": TorchAdam, "keras_adam": keras.optimizers.Adam}
+# Where a recipe's meta objective is computed (`Recipe.meta_data`).
+TRAIN_BATCH = "train_batch"  # the real step's own batch (the paper); fit on (x, y)
+CARVE = "carve"  # meta images carved off the N training images, not trained on
+STREAM = "stream"  # a second shuffled, augmented stream of the same training images
+# The meta stream's shuffle/augmentation seed is the run seed plus this.
+META_SEED_OFFSET = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """One row of the table: how a target is trained.
+
+    Attributes:
+        method: `TransferModel`'s method.
+        pairs: the pair preset (None: no pairs, scratch).
+        model_kwargs: extra `TransferModel` arguments.
+        meta_data: TRAIN_BATCH, CARVE or STREAM (the last two need
+            `model_kwargs["meta_objective"] == "held_out"`).
+    """
+
+    method: str
+    pairs: str | None
+    model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    meta_data: str = TRAIN_BATCH
+
+
+RECIPES: dict[str, Recipe] = {
+    **{method: Recipe(method, pairs) for method, pairs in METHOD_PAIRS.items()},
+    "l2t_ww_held_out": Recipe("l2t_ww", "all", {"meta_objective": "held_out"}, CARVE),
+    "l2t_ww_held_out_train": Recipe("l2t_ww", "all", {"meta_objective": "held_out"}, STREAM),
+}
+
+
+def recipe_of(result: dict[str, Any]) -> str:
+    """A stored run's recipe; runs from before recipes are their method's plain recipe."""
+    return result.get("recipe") or result["method"]
 
 
 def meta_optimizer_of(method: str, name: str) -> str:
@@ -94,13 +193,87 @@ def recorded_meta_optimizer(result: dict[str, Any]) -> str:
     return result.get("meta_optimizer") or meta_optimizer_of(result["method"], "keras_adam")
 
 
+def meta_per_class(samples_per_class: int, fraction: float) -> int:
+    """Meta images carved per class: round(fraction * N), half up, at least 1, below N."""
+    return int(min(samples_per_class - 1, max(1, math.floor(fraction * samples_per_class + 0.5))))
+
+
+def run_key(setting: str, recipe: str, seed: int, meta_learning_rate: float, steps: int,
+            augmentation: str, beta: float, meta_optimizer: str,
+            meta_fraction: float | None) -> tuple:
+    """What identifies a run in results.json (a rerun skips a key already there)."""
+    return (setting, recipe, seed, meta_learning_rate, steps, augmentation, beta,
+            meta_optimizer, meta_fraction)
+
+
+def stored_key(result: dict[str, Any]) -> tuple:
+    return run_key(result["setting"], recipe_of(result), result["seed"],
+                   result["meta_learning_rate"], result["steps"], result["augmentation"],
+                   result["beta"], recorded_meta_optimizer(result),
+                   result.get("meta_fraction"))
+
+
+def check_recipes(names: list[str]) -> None:
+    """Fails early on an unknown recipe, or one whose arguments this TransferModel lacks."""
+    accepted = inspect.signature(TransferModel.__init__).parameters
+    for name in names:
+        if name not in RECIPES:
+            raise SystemExit(f"Unknown method/recipe {name!r}; the recipes are "
+                             f"{', '.join(RECIPES)}.")
+        recipe = RECIPES[name]
+        missing = [k for k in recipe.model_kwargs if k not in accepted]
+        if missing:
+            raise SystemExit(f"Recipe {name!r} needs TransferModel({', '.join(missing)}=...), "
+                             "which this version of keras_l2t does not have.")
+        if recipe.meta_data != TRAIN_BATCH and (
+                recipe.method not in META_METHODS
+                or recipe.model_kwargs.get("meta_objective") != "held_out"):
+            raise SystemExit(f"Recipe {name!r}: a separate meta batch needs a meta-learned "
+                             "method and meta_objective='held_out'.")
+
+
+class PermutedFashionMnist(FashionMnistSource):
+    """Fashion-MNIST resized to `image_size` and put through one fixed pixel permutation
+    (and, with `invert`, negated: 255 - x).
+
+    Elements are float32 [S, S, 1] in [0, 255] (bilinear, antialiased: the library's
+    resize), so `load_dataset`'s pipeline skips its own resize and augments and normalises
+    the permuted image as any other.
+    """
+
+    def __init__(self, data_dir: str | None = None, image_size: int = IMAGE_SIZE,
+                 seed: int = PERMUTATION_SEED, invert: bool = False):
+        super().__init__(data_dir)
+        self.image_size = image_size
+        self.invert = invert
+        self.permutation = np.random.default_rng(seed).permutation(image_size * image_size)
+
+    def dataset(self, split: str, indices: np.ndarray, labels: np.ndarray) -> tf.data.Dataset:
+        size, invert = self.image_size, self.invert
+        permutation = tf.constant(self.permutation, tf.int32)
+
+        def permute(image, label):
+            image = tf.image.resize(image, [size, size], method="bilinear", antialias=True)
+            if invert:
+                image = 255.0 - image
+            pixels = tf.gather(tf.reshape(image, [size * size, 1]), permutation)
+            return tf.reshape(pixels, [size, size, 1]), label
+
+        return super().dataset(split, indices, labels).map(permute)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work_dir", default="runs/fashion_mnist_benchmark")
     parser.add_argument("--data_dir", default=None, help="Fashion-MNIST idx folder.")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--settings", default=",".join(SETTINGS))
-    parser.add_argument("--methods", default=",".join(METHOD_PAIRS))
+    parser.add_argument("--settings", default=",".join(DEFAULT_SETTINGS),
+                        help=f"Comma-separated settings: {', '.join(SETTINGS)}.")
+    parser.add_argument("--methods", default=",".join(METHOD_PAIRS),
+                        help=f"Comma-separated recipes: {', '.join(RECIPES)}.")
+    parser.add_argument("--meta_fraction", type=float, default=0.2,
+                        help="Recipes with carved meta images: the fraction of each class's "
+                             "N training images carved off (rounded, at least 1 per class).")
     parser.add_argument("--steps", type=int, default=300, help="SGD steps per target run.")
     parser.add_argument("--chunks", type=int, default=10,
                         help="Logging intervals per run (meta_ce etc. over training).")
@@ -123,6 +296,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="Diagnostic only: train L2T-ww on A_N5 (first seed) and measure "
                              "the meta-gradient on training vs held-out batches over training.")
     parser.add_argument("--tag", default="", help="Label stored with every run of this call.")
+    parser.add_argument("--plot_pair_weights", default="",
+                        help="Write a picture of every pair's lambda over training (mean over "
+                             "seeds) per L2T-ww row of the first setting to this PNG path.")
     return parser.parse_args(argv)
 
 
@@ -134,13 +310,70 @@ def sha1_of(weights: list[np.ndarray]) -> str:
 
 
 def data_for(args: argparse.Namespace, classes: list[int] | None, samples_per_class: int,
-             indices: range, seed: int, batch_size: int):
+             indices, seed: int, batch_size: int, source: FashionMnistSource | None = None,
+             shuffle_seed: int | None = None):
     return load_dataset(
         "fashion_mnist", data_dir=args.data_dir, train_indices=indices,
-        samples_per_class=samples_per_class or None, classes=classes, image_size=32,
+        samples_per_class=samples_per_class or None, classes=classes, image_size=IMAGE_SIZE,
         augmentation=args.augmentation, val_fraction=0.0,
-        batch_size=batch_size, eval_batch_size=500, split_seed=seed, shuffle_seed=seed,
+        batch_size=batch_size, eval_batch_size=500, split_seed=seed,
+        shuffle_seed=seed if shuffle_seed is None else shuffle_seed, source=source,
     )
+
+
+def carve_meta(source: FashionMnistSource, classes: list[int] | None, samples_per_class: int,
+               per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training positions, meta positions) in the official train split.
+
+    The N images per class are those `load_dataset` keeps with this seed; the meta ones
+    are the first `per_class` of the same seeded per-class order (the library keeps a
+    prefix of it, so they are among the N).
+    """
+    keys, labels = source.index("train")
+    positions = np.asarray(TARGET_TRAIN)
+
+    def kept(n: int) -> np.ndarray:
+        return positions[splits.split_train_val(
+            keys[positions], labels[positions], num_classes=source.num_classes,
+            val_fraction=0.0, seed=seed, samples_per_class=n, classes=classes).train]
+
+    every, meta = kept(samples_per_class), kept(per_class)
+    if not np.all(np.isin(meta, every)):
+        raise AssertionError("The carved meta images are not among the N training images.")
+    return np.setdiff1d(every, meta), meta
+
+
+def target_data(args: argparse.Namespace, setting: str, recipe: Recipe, seed: int):
+    """The target's `DataSplits`, and the meta stream (None for TRAIN_BATCH recipes).
+
+    The meta stream repeats forever, in batches of `--batch_size`: shuffled and augmented
+    as the training batches, by the run seed plus `META_SEED_OFFSET`. Build it under
+    `keras.utils.set_random_seed(seed)`, after the training pipeline, for determinism.
+    """
+    _, classes, samples_per_class = SETTINGS[setting]
+    source = (PermutedFashionMnist(args.data_dir, invert=PERMUTED_SETTINGS[setting])
+              if setting in PERMUTED_SETTINGS else None)
+    meta_seed = seed + META_SEED_OFFSET
+    if recipe.meta_data == TRAIN_BATCH:
+        return data_for(args, classes, samples_per_class, TARGET_TRAIN, seed,
+                        args.batch_size, source), None
+    if recipe.meta_data == STREAM:
+        data = data_for(args, classes, samples_per_class, TARGET_TRAIN, seed,
+                        args.batch_size, source)
+        meta = data_for(args, classes, samples_per_class, TARGET_TRAIN, seed,
+                        args.batch_size, source, shuffle_seed=meta_seed)
+    elif recipe.meta_data == CARVE:
+        source = source or FashionMnistSource(args.data_dir)
+        per_class = meta_per_class(samples_per_class, args.meta_fraction)
+        train_positions, meta_positions = carve_meta(source, classes, samples_per_class,
+                                                     per_class, seed)
+        data = data_for(args, classes, 0, train_positions, seed, args.batch_size, source)
+        meta = data_for(args, classes, 0, meta_positions, seed, args.batch_size, source,
+                        shuffle_seed=meta_seed)
+    else:
+        raise ValueError(f"Unknown meta data {recipe.meta_data!r}.")
+    stream = meta.train.unbatch().repeat().batch(args.batch_size).prefetch(tf.data.AUTOTUNE)
+    return data, (stream, meta.num_train)
 
 
 def cached_source(args: argparse.Namespace, name: str) -> tuple[keras.Model, float]:
@@ -230,21 +463,22 @@ def probe(args: argparse.Namespace, seed: int) -> None:
         json.dump(rows, f, indent=1)
 
 
-def run_one(args: argparse.Namespace, setting: str, method: str, seed: int,
+def run_one(args: argparse.Namespace, setting: str, recipe_name: str, seed: int,
             source: keras.Model, meta_learning_rate: float,
             held_out: tf.data.Dataset | None = None) -> dict[str, Any]:
-    _, classes, samples_per_class = SETTINGS[setting]
+    recipe = RECIPES[recipe_name]
+    method = recipe.method
     # The global seed first: the library's train pipeline depends on it, not only on
     # shuffle_seed (see docs/benchmarks.md), so it must be the same for every method.
     keras.utils.set_random_seed(seed)
-    data = data_for(args, classes, samples_per_class, TARGET_TRAIN, seed, args.batch_size)
+    data, meta = target_data(args, setting, recipe, seed)
     keras.utils.set_random_seed(seed)
     target = small_cnn(TARGET_NET, data.num_classes, (32, 32, 3), exact_batch_norm=True)
     init_sha = sha1_of(target.get_weights())
-    pairs = METHOD_PAIRS[method]
-    kwargs: dict[str, Any] = {}
+    pairs = recipe.pairs
+    kwargs: dict[str, Any] = dict(recipe.model_kwargs)
     if pairs is not None:
-        kwargs = dict(pairs=pairs, source_layers=small_cnn_taps(SOURCE_NET),
+        kwargs.update(pairs=pairs, source_layers=small_cnn_taps(SOURCE_NET),
                       target_layers=small_cnn_taps(TARGET_NET))
     model = TransferModel(source, target, method=method, beta=args.beta, **kwargs)
     chunk = max(1, args.steps // args.chunks)
@@ -263,13 +497,16 @@ def run_one(args: argparse.Namespace, setting: str, method: str, seed: int,
     callbacks: list[keras.callbacks.Callback] = [log]
     if held_out is not None:
         callbacks.append(MetaGradientProbe(data.train, held_out))
+    train = data.train.repeat()
+    if meta is not None:  # only recipes with meta_objective="held_out"
+        train = tf.data.Dataset.zip((train, meta[0]))
     start = time.time()
-    model.fit(data.train.repeat(), steps_per_epoch=chunk, epochs=chunks, callbacks=callbacks,
-              verbose=0)
+    model.fit(train, steps_per_epoch=chunk, epochs=chunks, callbacks=callbacks, verbose=0)
     train_seconds = time.time() - start
     test_accuracy = _accuracy(model.target, data.test)
     result: dict[str, Any] = {
-        "setting": setting, "method": method, "seed": seed, "pairs": pairs,
+        "setting": setting, "recipe": recipe_name, "method": method, "seed": seed,
+        "pairs": pairs,
         "num_pairs": len(model.pairs), "meta_learning_rate": meta_learning_rate,
         "steps": total_steps, "batch_size": args.batch_size, "beta": args.beta,
         "augmentation": args.augmentation, "tag": args.tag,
@@ -279,11 +516,25 @@ def run_one(args: argparse.Namespace, setting: str, method: str, seed: int,
         "train_seconds": train_seconds,
         "first_chunk": log.rows[0], "last_chunk": log.rows[-1],
     }
+    if recipe.model_kwargs:
+        result["model_kwargs"] = dict(recipe.model_kwargs)
+    if meta is not None:
+        result["meta_data"] = recipe.meta_data
+        result["num_meta"] = meta[1]
+        if recipe.meta_data == CARVE:
+            result["meta_fraction"] = args.meta_fraction
+    if setting in PERMUTED_SETTINGS:
+        result["permutation_seed"] = PERMUTATION_SEED
+        result["inverted"] = PERMUTED_SETTINGS[setting]
     if held_out is not None:
         result["probe"] = callbacks[1].rows
     if model.method.meta_learned:
         result["meta_ce_by_chunk"] = [row.get("meta_ce") for row in log.rows]
         result["ce_by_chunk"] = [row.get("ce") for row in log.rows]
+        result["lambda_by_chunk"] = [
+            [row.get(_key(model, "lambda", i)) for i in range(len(model.pairs))]
+            for row in log.rows
+        ]
         result["phi_change"] = {
             v.path: float(np.linalg.norm(v.numpy() - s))
             for v, s in zip(model._phi_variables, phi_start)
@@ -311,37 +562,78 @@ def _source_channels(model: TransferModel, i: int) -> int:
     return int(model._source_shapes[model._pair_source_index[i]][-1])
 
 
+def row_name(result: dict[str, Any]) -> str:
+    """A run's row in the tables: its recipe, and its meta lr / optimizer when not default."""
+    meta = result["method"] in META_METHODS
+    name = recipe_of(result) + (f" (meta lr {result['meta_learning_rate']:g})"
+                                if meta and result["meta_learning_rate"] != 1e-4 else "")
+    name += " (Keras Adam)" if recorded_meta_optimizer(result) == "keras_adam" else ""
+    fraction = result.get("meta_fraction")
+    return name + (f" (meta fraction {fraction:g})" if fraction not in (None, 0.2) else "")
+
+
+def _paired(accs: dict[int, float], base: dict[int, float]) -> tuple[np.ndarray, float]:
+    """Per-seed differences on the seeds both have, and their paired t value."""
+    common = sorted(set(accs) & set(base))
+    diffs = np.array([accs[s] - base[s] for s in common])
+    t = diffs.mean() / (_std(diffs) / math.sqrt(len(common))) if len(common) else float("nan")
+    return diffs, t
+
+
+def _by_row(rows: list[dict[str, Any]], setting: str,
+            field: str) -> dict[str, dict[int, float]]:
+    by_name: dict[str, dict[int, float]] = {}
+    for r in rows:
+        if r["setting"] == setting:
+            scale = 100.0 if field == "test_accuracy" else 1.0
+            by_name.setdefault(row_name(r), {})[r["seed"]] = scale * r[field]
+    order = list(RECIPES)
+    return dict(sorted(by_name.items(),
+                       key=lambda item: (order.index(item[0].split(" ")[0]), item[0])))
+
+
 def summarise(results: list[dict[str, Any]], tag: str | None = None) -> str:
-    """Mean +- std per (setting, method) and paired differences against scratch."""
+    """Mean +- std per (setting, recipe) and paired differences against scratch; then per
+    setting, paired differences against the better of fm and at, and the wall times."""
     rows = [r for r in results if tag is None or r["tag"] == tag]
     lines = ["| setting | method | runs | test accuracy (mean ± std) | vs scratch, paired "
              "(mean ± std) | paired t | wins |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    summary = ["| setting | best of fm/at (mean) | paired difference to it: mean (t, wins) |"
+               " train seconds per run (mean) |", "| --- | --- | --- | --- |"]
     for setting in SETTINGS:
-        by_method: dict[str, dict[int, float]] = {}
-        for r in rows:
-            if r["setting"] == setting:
-                meta = r["method"] in META_METHODS
-                name = r["method"] + (f" (meta lr {r['meta_learning_rate']:g})"
-                                      if meta and r["meta_learning_rate"] != 1e-4 else "")
-                name += " (Keras Adam)" if recorded_meta_optimizer(r) == "keras_adam" else ""
-                by_method.setdefault(name, {})[r["seed"]] = 100 * r["test_accuracy"]
+        by_method = _by_row(rows, setting, "test_accuracy")
+        if not by_method:
+            continue
         scratch = by_method.get("scratch", {})
-        order = list(METHOD_PAIRS)
-        for name, accs in sorted(by_method.items(),
-                                 key=lambda item: (order.index(item[0].split(" ")[0]), item[0])):
+        for name, accs in by_method.items():
             values = np.array(list(accs.values()))
             line = (f"| {setting} | {name} | {len(values)} | {values.mean():.2f} ± "
                     f"{_std(values):.2f} |")
-            common = sorted(set(accs) & set(scratch))
-            if name != "scratch" and common:
-                diffs = np.array([accs[s] - scratch[s] for s in common])
-                t = diffs.mean() / (_std(diffs) / math.sqrt(len(common)))
-                line += (f" {diffs.mean():+.2f} ± {_std(diffs):.2f} (n={len(common)}) | "
-                         f"{t:+.1f} | {int(np.sum(diffs > 0))}/{len(common)} |")
+            diffs, t = _paired(accs, scratch) if name != "scratch" else (np.array([]), 0.0)
+            if len(diffs):
+                line += (f" {diffs.mean():+.2f} ± {_std(diffs):.2f} (n={len(diffs)}) | "
+                         f"{t:+.1f} | {int(np.sum(diffs > 0))}/{len(diffs)} |")
             else:
                 line += " – | – | – |"
             lines.append(line)
-    return "\n".join(lines)
+        baselines = {name: np.mean(list(by_method[name].values()))
+                     for name in ("fm", "at") if name in by_method}
+        seconds = _by_row(rows, setting, "train_seconds")
+        times = "; ".join(f"{name} {np.mean(list(v.values())):.0f}"
+                          for name, v in seconds.items())
+        if not baselines:
+            summary.append(f"| {setting} | – | – | {times} |")
+            continue
+        best = max(baselines, key=baselines.get)
+        versus = []
+        for name, accs in by_method.items():
+            diffs, t = _paired(accs, by_method[best]) if name != best else (np.array([]), 0.0)
+            if len(diffs):
+                versus.append(f"{name} {diffs.mean():+.2f} ({t:+.1f}, "
+                              f"{int(np.sum(diffs > 0))}/{len(diffs)})")
+        summary.append(f"| {setting} | {best} ({baselines[best]:.2f}) | "
+                       f"{'; '.join(versus) or '–'} | {times} |")
+    return "\n".join(lines) + "\n\n" + "\n".join(summary)
 
 
 def _std(values: np.ndarray) -> float:
@@ -350,7 +642,7 @@ def _std(values: np.ndarray) -> float:
 
 def evidence(results: list[dict[str, Any]]) -> str:
     """Per L2T run: meta_ce first/last chunk, lambda range, entropy deficit, |d phi|."""
-    lines = ["| setting | method | meta lr | seed | meta_ce first -> last | ce first -> last |"
+    lines = ["| setting | recipe | meta lr | seed | meta_ce first -> last | ce first -> last |"
              " lambda min..max (last) | max (log C - entropy) | max abs phi change |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
@@ -361,7 +653,7 @@ def evidence(results: list[dict[str, Any]]) -> str:
         deficits = [d["log_c"] - d["entropy"] for d in detail if d["entropy"] is not None]
         lam = f"{min(lambdas):.3f}..{max(lambdas):.3f}" if lambdas else "1 (fixed)"
         lines.append(
-            f"| {r['setting']} | {r['method']} | {r['meta_learning_rate']:g}"
+            f"| {r['setting']} | {recipe_of(r)} | {r['meta_learning_rate']:g}"
             f"{' (Keras Adam)' if recorded_meta_optimizer(r) == 'keras_adam' else ''} | "
             f"{r['seed']} | "
             f"{r['meta_ce_by_chunk'][0]:.3f} -> {r['meta_ce_by_chunk'][-1]:.3f} | "
@@ -369,6 +661,40 @@ def evidence(results: list[dict[str, Any]]) -> str:
             f"{max(deficits):.2e} | {max(r['phi_change'].values()):.3f} |"
         )
     return "\n".join(lines)
+
+
+def plot_pair_weights(results: list[dict[str, Any]], setting: str, path: str) -> None:
+    """One panel per L2T-ww row of `setting`: each pair's lambda (batch mean, averaged
+    over a logging chunk) against the training step, mean over the seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        if r["setting"] == setting and r.get("lambda_by_chunk"):
+            name = recipe_of(r) + (f" (meta lr {r['meta_learning_rate']:g})"
+                                   if r["meta_learning_rate"] != 1e-4 else "")
+            rows.setdefault(name, []).append(r)
+    if not rows:
+        print(f"No run of {setting} has lambda_by_chunk: no picture.")
+        return
+    figure, axes = plt.subplots(1, len(rows), figsize=(4.5 * len(rows), 3.6), sharey=True,
+                                squeeze=False)
+    for axis, (name, runs) in zip(axes[0], sorted(rows.items())):
+        lambdas = np.array([r["lambda_by_chunk"] for r in runs], dtype=float)
+        steps = np.linspace(0, runs[0]["steps"], lambdas.shape[1] + 1)[1:]
+        for i, pair in enumerate(runs[0]["pairs_detail"]):
+            axis.plot(steps, lambdas[:, :, i].mean(axis=0), label=" -> ".join(pair["pair"]))
+        axis.set_title(f"{setting}: {name}, {len(runs)} seeds", fontsize=9)
+        axis.set_xlabel("step")
+        axis.axhline(0.0, color="grey", linewidth=0.5)
+    axes[0][0].set_ylabel("pair weight lambda (mean)")
+    axes[0][-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    print(f"Pair weights over training: {path}")
 
 
 def main(argv: list[str]) -> None:
@@ -380,11 +706,14 @@ def main(argv: list[str]) -> None:
     if os.path.exists(results_path):
         with open(results_path) as f:
             results = json.load(f)["runs"]
-    done = {(r["setting"], r["method"], r["seed"], r["meta_learning_rate"], r["steps"],
-             r["augmentation"], r["beta"], recorded_meta_optimizer(r)) for r in results}
+    done = {stored_key(r) for r in results}
     seeds = [int(s) for s in args.seeds.split(",")]
     settings = args.settings.split(",")
     methods = args.methods.split(",")
+    unknown = [s for s in settings + args.diagnostic_settings.split(",") if s not in SETTINGS]
+    if unknown:
+        raise SystemExit(f"Unknown settings {unknown}; the settings are {', '.join(SETTINGS)}.")
+    check_recipes(methods)
     jobs = [(s, m, seed, args.meta_learning_rate) for s in settings for seed in seeds
             for m in methods]
     for rate in filter(None, args.diagnostic_meta_lr.split(",")):
@@ -395,19 +724,22 @@ def main(argv: list[str]) -> None:
         return
     start = time.time()
     sources: dict[str, tuple[keras.Model, float]] = {}
-    for setting, method, seed, meta_lr in jobs:
+    for setting, name, seed, meta_lr in jobs:
         chunk = max(1, args.steps // args.chunks)
-        key = (setting, method, seed, meta_lr, chunk * math.ceil(args.steps / chunk),
-               args.augmentation, args.beta, meta_optimizer_of(method, args.meta_optimizer))
+        recipe = RECIPES[name]
+        key = run_key(setting, name, seed, meta_lr, chunk * math.ceil(args.steps / chunk),
+                      args.augmentation, args.beta,
+                      meta_optimizer_of(recipe.method, args.meta_optimizer),
+                      args.meta_fraction if recipe.meta_data == CARVE else None)
         if key in done:
             continue
         source_name = SETTINGS[setting][0]
         if source_name not in sources:
             sources[source_name] = cached_source(args, source_name)
-        result = run_one(args, setting, method, seed, sources[source_name][0], meta_lr)
+        result = run_one(args, setting, name, seed, sources[source_name][0], meta_lr)
         result["source_test_accuracy"] = sources[source_name][1]
         results.append(result)
-        print(f"[{time.time() - start:6.0f} s] {setting} {method} seed {seed} "
+        print(f"[{time.time() - start:6.0f} s] {setting} {name} seed {seed} "
               f"meta lr {meta_lr:g}: test {100 * result['test_accuracy']:.2f}% "
               f"({result['train_seconds']:.0f} s)", flush=True)
         with open(results_path + ".tmp", "w") as f:
@@ -421,6 +753,8 @@ def main(argv: list[str]) -> None:
     print(summarise(mine))
     print()
     print(evidence(mine))
+    if args.plot_pair_weights:
+        plot_pair_weights(mine, settings[0], args.plot_pair_weights)
 
 
 if __name__ == "__main__":
