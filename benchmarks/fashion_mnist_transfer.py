@@ -312,12 +312,15 @@ def sha1_of(weights: list[np.ndarray]) -> str:
 def data_for(args: argparse.Namespace, classes: list[int] | None, samples_per_class: int,
              indices, seed: int, batch_size: int, source: FashionMnistSource | None = None,
              shuffle_seed: int | None = None):
+    """The `DataSplits`; `train` endless, every pass shuffled and augmented anew from
+    the seed alone (`load_dataset(repeat=True)`)."""
     return load_dataset(
         "fashion_mnist", data_dir=args.data_dir, train_indices=indices,
         samples_per_class=samples_per_class or None, classes=classes, image_size=IMAGE_SIZE,
         augmentation=args.augmentation, val_fraction=0.0,
         batch_size=batch_size, eval_batch_size=500, split_seed=seed,
         shuffle_seed=seed if shuffle_seed is None else shuffle_seed, source=source,
+        repeat=True,
     )
 
 
@@ -347,8 +350,7 @@ def target_data(args: argparse.Namespace, setting: str, recipe: Recipe, seed: in
     """The target's `DataSplits`, and the meta stream (None for TRAIN_BATCH recipes).
 
     The meta stream repeats forever, in batches of `--batch_size`: shuffled and augmented
-    as the training batches, by the run seed plus `META_SEED_OFFSET`. Build it under
-    `keras.utils.set_random_seed(seed)`, after the training pipeline, for determinism.
+    as the training batches, by the run seed plus `META_SEED_OFFSET`.
     """
     _, classes, samples_per_class = SETTINGS[setting]
     source = (PermutedFashionMnist(args.data_dir, invert=PERMUTED_SETTINGS[setting])
@@ -372,8 +374,7 @@ def target_data(args: argparse.Namespace, setting: str, recipe: Recipe, seed: in
                         shuffle_seed=meta_seed)
     else:
         raise ValueError(f"Unknown meta data {recipe.meta_data!r}.")
-    stream = meta.train.unbatch().repeat().batch(args.batch_size).prefetch(tf.data.AUTOTUNE)
-    return data, (stream, meta.num_train)
+    return data, (meta.train, meta.num_train)
 
 
 def cached_source(args: argparse.Namespace, name: str) -> tuple[keras.Model, float]:
@@ -388,7 +389,8 @@ def cached_source(args: argparse.Namespace, name: str) -> tuple[keras.Model, flo
         print(f"Pretraining {name}: {SOURCE_NET} on {data.num_train} images, "
               f"{args.source_epochs} epochs (cached in {directory}).", flush=True)
         start = time.time()
-        pretrain_source(network, data.train, None, args.source_epochs, directory, verbose=2)
+        pretrain_source(network, data.train, None, args.source_epochs, directory,
+                        steps_per_epoch=data.steps_per_epoch, verbose=2)
         print(f"  {time.time() - start:.0f} s", flush=True)
     source = keras.saving.load_model(path, compile=False)
     accuracy = _accuracy(source, data.test)
@@ -497,7 +499,7 @@ def run_one(args: argparse.Namespace, setting: str, recipe_name: str, seed: int,
     callbacks: list[keras.callbacks.Callback] = [log]
     if held_out is not None:
         callbacks.append(MetaGradientProbe(data.train, held_out))
-    train = data.train.repeat()
+    train = data.train
     if meta is not None:  # only recipes with meta_objective="held_out"
         train = tf.data.Dataset.zip((train, meta[0]))
     start = time.time()

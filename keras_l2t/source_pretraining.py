@@ -57,6 +57,7 @@ def pretrain_source(
     momentum: float = 0.9,
     weight_decay: float = 1e-4,
     milestones: tuple[float, ...] = (0.5, 0.75),
+    steps_per_epoch: int | None = None,
     verbose: int | str = "auto",
 ) -> str:
     """Trains `model` as a source network and saves it to `work_dir/source.keras`.
@@ -71,7 +72,10 @@ def pretrain_source(
             `build_network("resnet32", num_classes=200)`.
         train_ds: Batches of (images, integer labels), already augmented and
             normalised as the transfer runs will normalise (ImageNet mean/std), batched
-            128 for the paper's recipe.
+            128 for the paper's recipe. For new batches every epoch, an endless stream
+            with `steps_per_epoch` (`load_dataset(..., repeat=True)`): `fit` iterates a
+            finite dataset anew each epoch, and `load_dataset`'s one-pass `train` is the
+            same every time.
         val_ds: Optional validation batches of the same form.
         epochs: Number of epochs.
         work_dir: Output directory (created if needed).
@@ -79,6 +83,7 @@ def pretrain_source(
         momentum: SGD momentum.
         weight_decay: Coupled (PyTorch-style) L2 coefficient on every variable.
         milestones: Fractions of `epochs` at which the learning rate drops x0.1.
+        steps_per_epoch: Batches per epoch; needed with an endless `train_ds`.
         verbose: Passed to `fit`.
 
     Returns:
@@ -107,8 +112,8 @@ def pretrain_source(
                                   append=resuming),
     ]
     model.fit(
-        train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, shuffle=False,
-        verbose=verbose,
+        train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
+        callbacks=callbacks, shuffle=False, verbose=verbose,
     )  # shuffle=False: the dataset shuffles itself; Keras would only warn
     path = os.path.join(work_dir, SOURCE_FILE_NAME)
     model.save(path)

@@ -7,10 +7,10 @@ Tiny ImageNet 64 -> 32, Fashion-MNIST 28 -> 32); train = zero-pad 4, random crop
 horizontal flip; eval = the resize only. Every image is RGB (grayscale repeated to three
 channels), float32, scaled to [0, 1] and normalised with the ImageNet mean and std.
 
-Randomness is stateless: each example carries its own seed. The per-example seeds and
-the shuffle order come from tf.data ops seeded with the pipeline's seed, which
-TensorFlow combines with its global seed: a pipeline yields the same batches on every
-run when both are the same (call `keras.utils.set_random_seed` before building it).
+Randomness is stateless: each example carries its own seed, which the pipeline
+(`pipeline.build_pipeline`) derives from its seed and the example's position, as it
+derives the shuffle order: a pipeline's batches are a function of its seed alone, not
+of TensorFlow's global seed, on every run and every iteration.
 
 The crop box is drawn as torchvision's `RandomResizedCrop` draws it (the reference's),
 from stateless draws. One departure: resizing is TensorFlow's bilinear with

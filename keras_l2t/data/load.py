@@ -22,7 +22,9 @@ class DataSplits:
     """What `load_dataset` returns.
 
     Attributes:
-        train: shuffled, augmented batches of (float32 [B, S, S, 3] normalised, int32 [B]).
+        train: shuffled, augmented batches of (float32 [B, S, S, 3] normalised, int32 [B]):
+            one pass, the same batches every time it is iterated, or endless passes with
+            ``repeat=True``.
         val: validation batches (class-balanced carve of the official train split).
         test: batches of the official test split; None when the dataset has none.
         num_classes: number of classes (after any class subset).
@@ -35,6 +37,8 @@ class DataSplits:
             its own seed; None without either. `zip_meta(train, meta)` pairs them.
         num_meta: images ``meta`` draws from: the meta split's size, ``num_train`` with
             ``meta_from_train``, 0 without a meta stream.
+        steps_per_epoch: batches in one pass of ``train`` (the last one partial unless
+            ``drop_remainder``).
     """
 
     train: tf.data.Dataset
@@ -48,6 +52,7 @@ class DataSplits:
     num_test: int
     meta: tf.data.Dataset | None = None
     num_meta: int = 0
+    steps_per_epoch: int = 0
 
 
 # Salt of the meta stream's seed (derived from the shuffle seed): "meta" in ASCII.
@@ -154,6 +159,7 @@ def load_dataset(
     source: Source | None = None,
     meta_fraction: float = 0.0,
     meta_from_train: bool = False,
+    repeat: bool = False,
 ) -> DataSplits:
     """Loads a dataset of the paper as train / val / test tf.data pipelines.
 
@@ -187,8 +193,11 @@ def load_dataset(
         batch_size: train batch; default 64 (224 px) or 128 (32 px).
         eval_batch_size: val/test batch; default ``batch_size``.
         shuffle_seed: seed of the train shuffle and augmentation; default ``split_seed``.
-        shuffle_buffer: train shuffle buffer; default: the whole train split, or
-            10,000 for TFDS datasets (stored shuffled; their buffer holds encoded images).
+            The train (and meta) batches are a function of it alone, not of TensorFlow's
+            global seed, and are the same every time a pipeline is iterated.
+        shuffle_buffer: train shuffle block (`pipeline.stateless_shuffle`); default: the
+            whole train split, or 10,000 for TFDS datasets (stored shuffled; their block
+            holds encoded images).
         drop_remainder: drop the last partial train batch.
         antialias: antialiased resizing, as PIL (the reference) does; False is about
             1.6x faster at 224 px on CPU.
@@ -203,6 +212,10 @@ def load_dataset(
             one per class. 0: no meta split.
         meta_from_train: make ``meta`` a second stream of the training images, with its
             own shuffle and augmentation (needs ``meta_fraction=0``).
+        repeat: make ``train`` endless, every pass with its own shuffle and augmentation
+            (still a function of ``shuffle_seed`` alone), batched across passes: for
+            ``fit(data.train, epochs=N, steps_per_epoch=data.steps_per_epoch)``. Without
+            it ``train`` is one pass, the same every time it is iterated.
 
     Returns:
         A `DataSplits`.
@@ -298,7 +311,7 @@ def load_dataset(
         meta = batched("train", meta_idx, labels, True, batch_size,
                        seed=meta_seed(shuffle_seed), repeat=True)
     return DataSplits(
-        train=batched("train", train_idx, labels, True, batch_size),
+        train=batched("train", train_idx, labels, True, batch_size, repeat=repeat),
         val=batched("train", val_idx, labels, False, eval_batch_size),
         test=test,
         num_classes=len(class_names),
@@ -309,4 +322,6 @@ def load_dataset(
         num_test=num_test,
         meta=meta,
         num_meta=len(meta_idx) if meta is not None else 0,
+        steps_per_epoch=(len(train_idx) // batch_size if drop_remainder
+                         else -(-len(train_idx) // batch_size)),
     )

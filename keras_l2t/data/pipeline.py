@@ -26,6 +26,59 @@ def _default_shuffle_buffer(ds: tf.data.Dataset, kind: str) -> int:
     return max(1, size if kind != ENCODED else min(size, ENCODED_SHUFFLE_BUFFER))
 
 
+# Salts that split a pipeline's seed into a shuffle key and an augmentation key.
+_SHUFFLE_SALT = 0x73687566  # "shuf"
+_AUGMENT_SALT = 0x61756766  # "augf"
+_ALG = "philox"
+
+
+def _key(seed: int, salt: int) -> tf.Tensor:
+    """A stateless seed [2] (int64) from a pipeline seed and a salt."""
+    return tf.constant([int(seed) % 2**63, salt], tf.int64)
+
+
+def _fold_in(key: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+    """The stateless seed of item ``index`` of the stream keyed by ``key``."""
+    return tf.random.experimental.stateless_fold_in(key, tf.cast(index, tf.int64), alg=_ALG)
+
+
+def stateless_shuffle(
+    ds: tf.data.Dataset, buffer: int, seed: int, repeat: bool = False
+) -> tf.data.Dataset:
+    """Shuffles ``ds`` in blocks of ``buffer`` elements, as a function of ``seed`` alone.
+
+    Each block of consecutive elements is permuted by a stateless permutation seeded by
+    (``seed``, block number): a buffer at least the dataset's size is a uniform shuffle.
+    TensorFlow's global seed plays no part, and every iteration yields the same order.
+
+    Args:
+        ds: a finite dataset whose elements all have one shape.
+        buffer: elements per block.
+        seed: the shuffle seed.
+        repeat: repeat forever; every pass is shuffled anew (its blocks have new numbers).
+
+    Returns:
+        The shuffled ``tf.data.Dataset``.
+    """
+    key = _key(seed, _SHUFFLE_SALT)
+    blocks = ds.batch(buffer)
+    if repeat:
+        blocks = blocks.repeat()
+
+    def permute(index, block):
+        size = tf.shape(tf.nest.flatten(block)[0])[0]
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(size), _fold_in(key, index), alg=_ALG)
+        return tf.data.Dataset.from_tensor_slices(
+            tf.nest.map_structure(lambda t: tf.gather(t, order), block))
+
+    shuffled = blocks.enumerate().flat_map(permute)
+    cardinality = tf.data.INFINITE_CARDINALITY if repeat else int(ds.cardinality())
+    if cardinality == tf.data.UNKNOWN_CARDINALITY:
+        return shuffled
+    return shuffled.apply(tf.data.experimental.assert_cardinality(cardinality))
+
+
 def build_pipeline(
     ds: tf.data.Dataset,
     *,
@@ -43,11 +96,12 @@ def build_pipeline(
 ) -> tf.data.Dataset:
     """Turns a dataset of (x, label) into batches of (float32 image, int32 label).
 
-    Training pipelines shuffle (reshuffled every epoch) and augment with per-example
-    stateless seeds drawn from ``seed``, so two pipelines with one seed, built under the
-    same TensorFlow global seed (`keras.utils.set_random_seed`), give identical batches,
-    epoch after epoch; a different global seed gives a different order. Evaluation
-    pipelines keep the order and do not augment.
+    Training pipelines shuffle (`stateless_shuffle`) and augment with stateless
+    per-example seeds derived from (``seed``, position in the stream): the batches are a
+    function of ``seed`` alone, whatever TensorFlow's global seed
+    (`keras.utils.set_random_seed`), and iterating the same pipeline again yields the
+    same batches (build one pipeline per epoch, with its own seed, for new ones).
+    Evaluation pipelines keep the order and do not augment.
 
     Args:
         ds: elements (x, label); ``kind`` says what x is (PATH, ENCODED or ARRAY).
@@ -57,15 +111,16 @@ def build_pipeline(
         augmentation: ``augment.RESIZED_CROP`` or ``augment.PAD_CROP``.
         batch_size: examples per batch.
         seed: shuffle and augmentation seed.
-        shuffle_buffer: shuffle buffer size (elements held before decoding). None: the
+        shuffle_buffer: shuffle block size (elements held before decoding). None: the
             whole dataset for PATH and ARRAY elements (a uniform shuffle, as the
             reference's `DataLoader(shuffle=True)`; image folders are listed class by
             class), ``ENCODED_SHUFFLE_BUFFER`` for ENCODED ones.
         drop_remainder: drop the last partial batch.
         num_parallel_calls: parallelism of the decode/augment map.
         antialias: antialiased resizing (as PIL); False is about 1.6x faster at 224 px.
-        repeat: (training only) repeat forever, every pass reshuffled, and batch across
-            passes, so every batch is full (a meta split; ``drop_remainder`` is moot).
+        repeat: (training only) repeat forever, every pass reshuffled and re-augmented,
+            and batch across passes, so every batch is full (a meta split;
+            ``drop_remainder`` is moot).
 
     Returns:
         A prefetched, batched ``tf.data.Dataset``.
@@ -75,17 +130,16 @@ def build_pipeline(
     if training:
         train_fn = augment.train_transform(augmentation, image_size, antialias)
         buffer = shuffle_buffer or _default_shuffle_buffer(ds, kind)
-        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-        if repeat:
-            ds = ds.repeat()
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip((ds, seeds))
+        ds = stateless_shuffle(ds, buffer, seed, repeat=repeat)
+        augment_key = _key(seed, _AUGMENT_SALT)
 
-        def train_map(example, example_seed):
+        def train_map(index, example):
             x, label = example
+            example_seed = _fold_in(augment_key, index)
             return train_fn(_load(x, kind), example_seed), tf.cast(label, tf.int32)
 
-        ds = ds.map(train_map, num_parallel_calls=num_parallel_calls, deterministic=True)
+        ds = ds.enumerate().map(
+            train_map, num_parallel_calls=num_parallel_calls, deterministic=True)
     elif repeat:
         raise ValueError("repeat=True is for training pipelines.")
     else:

@@ -54,9 +54,11 @@ def test_same_seed_same_batches_new_seed_new_split(folder):
     a1, b1 = collect(a.train), collect(b.train)
     np.testing.assert_array_equal(a1[0], b1[0])
     np.testing.assert_array_equal(a1[1], b1[1])
-    a2, b2 = collect(a.train), collect(b.train)  # second epoch: reshuffled, still equal
-    np.testing.assert_array_equal(a2[0], b2[0])
-    assert not np.array_equal(decode_ids(a1[0]), decode_ids(a2[0]))
+    a2 = collect(a.train)  # iterated again: the same batches (a new epoch, a new seed)
+    np.testing.assert_array_equal(a1[0], a2[0])
+    np.testing.assert_array_equal(a1[1], a2[1])
+    d = load_dataset("image_folder", split_seed=1, shuffle_seed=5, **kwargs)
+    assert not np.array_equal(decode_ids(a1[0]), decode_ids(collect(d.train)[0]))
     assert set(decode_ids(collect(a.val)[0])) != set(decode_ids(collect(c.val)[0]))
 
 
