@@ -96,3 +96,27 @@ def test_export_of_a_softmax_headed_target_serves_its_probabilities(tmp_path):
     np.testing.assert_allclose(out["logits"].numpy(), np.log(probabilities), rtol=1e-5)
     empty = served.serve(tf.zeros([0, 5, 7, 3], tf.uint8))  # a request may have no images
     assert empty["probabilities"].shape == (0, 3) and empty["classes"].shape == (0,)
+
+
+def test_both_exported_signatures_take_an_empty_batch(tmp_path):
+    import tensorflow as tf
+
+    from keras_l2t.experiment.export import export_target
+
+    inputs = keras.Input((8, 8, 3))
+    features = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(inputs))
+    pooled = keras.layers.GlobalAveragePooling2D()(features)
+    target = keras.Model(inputs, keras.layers.Dense(3)(pooled))
+    export_target(target, str(tmp_path / "served"), 8)
+    served = tf.saved_model.load(str(tmp_path / "served"))
+    pixels = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(served.logits(tf.constant(pixels)).numpy(),
+                               keras.ops.convert_to_numpy(target(pixels)), rtol=1e-5, atol=1e-6)
+    images = tf.zeros([0, 5, 7, 3], tf.uint8)
+    for out in (served.serve(images), served.signatures["serve"](images=images),
+                served.signatures["serving_default"](images=images)):
+        assert out["logits"].shape == out["probabilities"].shape == (0, 3)
+        assert out["classes"].shape == (0,)
+    empty = tf.zeros([0, 8, 8, 3], tf.float32)
+    assert served.logits(empty).shape == (0, 3)
+    assert served.signatures["logits"](args_0=empty)["output_0"].shape == (0, 3)

@@ -10,7 +10,9 @@ keras-l2t nor Keras to load: `tf.saved_model.load(path).serve(images)`.
 
 The preprocessing is TensorFlow's on every backend; the network is Keras' own export of
 it (a `tf.function` on TensorFlow, converted with jax2tf on JAX), also served alone as
-`logits` (float32 [batch, size, size, 3] already preprocessed -> logits).
+`logits` (float32 [batch, size, size, 3] already preprocessed -> the network's output).
+Both signatures take an empty batch (a (0, num_classes) output); the bare `network`
+signature, which they call, needs at least one image.
 """
 
 from __future__ import annotations
@@ -37,9 +39,20 @@ def export_target(target: keras.Model, path: str, image_size: int) -> None:
     transform = augment.eval_transform(augment.default_augmentation(image_size), image_size)
     archive = keras.export.ExportArchive()
     pixels_spec = keras.InputSpec(shape=(None, image_size, image_size, 3), dtype="float32")
-    network = archive.track_and_add_endpoint("logits", target, input_signature=[pixels_spec])
-
+    network = archive.track_and_add_endpoint("network", target, input_signature=[pixels_spec])
     num_classes = int(target.output.shape[-1])
+    output_dtype = tf.as_dtype(keras.backend.standardize_dtype(target.output.dtype))
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="args_0")])
+    def logits(pixels):
+        # An empty batch skips the network: TensorFlow's CPU convolution and batch norm
+        # fail on one, and JAX's export asks for at least one image.
+        return tf.cond(
+            tf.shape(pixels)[0] > 0,
+            lambda: network(pixels),
+            lambda: tf.zeros([0, num_classes], output_dtype),
+        )
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     def serve(images):
@@ -47,22 +60,18 @@ def export_target(target: keras.Model, path: str, image_size: int) -> None:
             transform, images,
             fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
         )
-        # An empty batch skips the network: TensorFlow's CPU convolution fails on one.
-        outputs = tf.cond(
-            tf.shape(images)[0] > 0,
-            lambda: tf.cast(network(pixels), tf.float32),
-            lambda: tf.zeros([0, num_classes], tf.float32),
-        )
+        outputs = tf.cast(logits(pixels), tf.float32)
         if from_logits:
-            logits, probabilities = outputs, tf.nn.softmax(outputs, axis=-1)
+            logits_out, probabilities = outputs, tf.nn.softmax(outputs, axis=-1)
         else:
-            logits, probabilities = tf.math.log(tf.maximum(outputs, 1e-12)), outputs
+            logits_out, probabilities = tf.math.log(tf.maximum(outputs, 1e-12)), outputs
         return {
-            "logits": logits,
+            "logits": logits_out,
             "probabilities": probabilities,
             "classes": tf.argmax(outputs, axis=-1, output_type=tf.int32),
         }
 
+    archive.add_endpoint("logits", logits)
     archive.add_endpoint("serve", serve)
-    archive.add_endpoint("serving_default", serve)  # else Keras gives it to `logits`
+    archive.add_endpoint("serving_default", serve)  # else Keras gives it to `network`
     archive.write_out(path, verbose=False)
