@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 import keras
 import pytest
@@ -24,32 +25,70 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
+# What a worker prints when another process took its port between `_free_ports` and
+# its gRPC server's bind (TensorFlow's server refuses to share a port, so the probing
+# socket cannot stay open): the launch is then retried on new ports.
+PORT_TAKEN = "this worker could not listen on"
+
+
+def _run_two_workers(tmp_path, flags_for, attempts: int = 3,
+                     timeout: float = 300) -> tuple[str, list[str]]:
+    """Runs two workers of train.py on free loopback ports until neither lost its port.
+
+    Args:
+        tmp_path: Where each attempt writes its work dir and the workers' output.
+        flags_for: work dir -> train.py flags.
+        attempts: launches at most.
+        timeout: seconds one launch may take.
+
+    Returns:
+        (work dir, the two workers' stdout); fails the test when a worker fails.
+    """
+    for attempt in range(attempts):
+        work_dir = str(tmp_path / f"run_{attempt}")
+        cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+        logs = [(tmp_path / f"worker_{attempt}_{i}.out", tmp_path / f"worker_{attempt}_{i}.err")
+                for i in range(2)]
+        processes = []
+        try:
+            for index, (out, err) in enumerate(logs):
+                env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=json.dumps(
+                    {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+                with open(out, "w") as stdout, open(err, "w") as stderr:
+                    processes.append(subprocess.Popen(
+                        [sys.executable, TRAIN, *flags_for(work_dir)], cwd=ROOT, env=env,
+                        text=True, stdout=stdout, stderr=stderr))
+            # Until both finish, or one fails (its peer would wait for it until killed).
+            deadline = time.monotonic() + timeout
+            while (any(p.poll() is None for p in processes)
+                   and not any(p.poll() for p in processes)):
+                assert time.monotonic() < deadline, "the workers did not finish in time"
+                time.sleep(0.5)
+        finally:  # never orphan a worker
+            for process in processes:
+                process.kill()
+                process.wait()
+        stdouts = [out.read_text() for out, _ in logs]
+        stderrs = [err.read_text() for _, err in logs]
+        if any(p.returncode and PORT_TAKEN in e for p, e in zip(processes, stderrs)):
+            continue
+        # A worker that failed first, then one killed because its peer failed.
+        for process, stderr in sorted(zip(processes, stderrs),
+                                      key=lambda pair: pair[0].returncode < 0):
+            assert process.returncode == 0, stderr[-3000:]
+        return work_dir, stdouts
+    pytest.fail(f"{attempts} launches lost a port to another process")
+
+
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                     reason="--strategy=multi_worker is TensorFlow's MultiWorkerMirroredStrategy")
 @pytest.mark.slow
 def test_two_workers_finish_with_identical_weights(tmp_path, fashion_dir, source_file):
-    work_dir = str(tmp_path / "run")
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
-    flags = tiny_flags(work_dir, fashion_dir, source_file, strategy="multi_worker", epochs=1,
-                       max_steps_per_epoch=2)
-    processes = []
-    for index in range(2):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        processes.append(subprocess.Popen(
-            [sys.executable, TRAIN, *flags], cwd=ROOT, env=env, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        ))
-    finished = []
-    try:  # wait for both before any assert, so a failing worker never orphans the other
-        for process in processes:
-            finished.append(process.communicate(timeout=240))
-    finally:
-        for process in processes:
-            process.kill()
-    for process, (_, stderr) in zip(processes, finished):
-        assert process.returncode == 0, stderr[-3000:]
-    outputs = [stdout for stdout, _ in finished]
+    def flags_for(work_dir):
+        return tiny_flags(work_dir, fashion_dir, source_file, strategy="multi_worker",
+                          epochs=1, max_steps_per_epoch=2)
+
+    work_dir, outputs = _run_two_workers(tmp_path, flags_for)
 
     hashes = [re.search(r"Target weights sha1 ([0-9a-f]{40})", out)[1] for out in outputs]
     assert hashes[0] == hashes[1]
