@@ -24,9 +24,11 @@ from keras_l2t.experiment import (  # noqa: E402
     ExperimentConfig,
     ExperimentError,
     NonFiniteLoss,
+    OutputError,
     run_experiment,
     set_cpu_devices,
 )
+from keras_l2t.experiment.interrupts import deferred_interrupts  # noqa: E402
 from keras_l2t.sources import SourceWeightsUnavailable  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -78,9 +80,11 @@ def check_flagfiles(argv: list[str]) -> None:
 def main(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> int:
     """Runs the experiment of the parsed flags; returns the exit code.
 
-    Exit codes: 0 done (or already finished), 1 source weights unavailable, 2 bad input
-    (one `error:` line naming the fix), 3 the loss became NaN or infinite, 130
-    interrupted (Ctrl-C; the finished epochs are kept).
+    Exit codes (docs/experiments.md lists them with their messages): 0 done (or already
+    finished), 1 source weights unavailable, 2 bad input (one `error:` line naming the
+    fix), 3 the loss became NaN or infinite, 4 a file of the work directory could not be
+    written (full disk, permissions), 130 interrupted (Ctrl-C). Every finished epoch is
+    kept in all of them.
     """
     if len(argv) > 1:
         sys.stderr.write(
@@ -89,9 +93,10 @@ def main(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> int:
         return 2
     logging.set_verbosity(logging.WARNING)
     try:
-        config = config_from_flags(flag_values)
-        set_cpu_devices(config.cpu_devices)
-        run_experiment(config)
+        with deferred_interrupts():
+            config = config_from_flags(flag_values)
+            set_cpu_devices(config.cpu_devices)
+            run_experiment(config)
     except NonFiniteLoss as error:
         sys.stderr.write(f"error: {error}\n")
         return 3
@@ -101,6 +106,9 @@ def main(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> int:
     except SourceWeightsUnavailable as error:
         sys.stderr.write(f"error: {error}\n")
         return 1
+    except OutputError as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 4
     except KeyboardInterrupt:
         sys.stderr.write("\nInterrupted. Every finished epoch is kept: rerun the same "
                          "command to resume.\n")

@@ -4,12 +4,13 @@
 in this package reads flags.
 
 Modules: `config` (the config), `run` (networks, training, evaluation, records, the
-run), `data`, `strategy`, `checkpoints`, `work_dir` (its layout and files), `export`
-(the serving SavedModel), `errors`.
+run), `data`, `fingerprint` (what a resume checks it trains on), `strategy`,
+`checkpoints`, `work_dir` (its layout, lock and files), `export` (the serving
+SavedModel), `interrupts` (Ctrl-C at safe points), `errors`.
 """
 
 from keras_l2t.experiment.config import ExperimentConfig
-from keras_l2t.experiment.errors import ExperimentError, NonFiniteLoss
+from keras_l2t.experiment.errors import ExperimentError, NonFiniteLoss, OutputError
 from keras_l2t.experiment.export import export_target
 from keras_l2t.experiment.run import run_experiment
 from keras_l2t.experiment.strategy import make_strategy, set_cpu_devices
@@ -18,6 +19,7 @@ __all__ = [
     "ExperimentConfig",
     "ExperimentError",
     "NonFiniteLoss",
+    "OutputError",
     "export_target",
     "make_strategy",
     "run_experiment",

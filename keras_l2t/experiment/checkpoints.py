@@ -9,7 +9,9 @@ adapters, the meta-networks, any other variable the method trains, the frozen so
 the target's optimizer (momentum buffers and iteration counter, hence the learning-rate
 schedule's position) and the meta-optimizer (Adam moments). Saving writes a new file
 under a temporary name, renames it, then replaces `state.json` atomically: a kill at any
-point leaves the previous checkpoint whole, and files no slot names are deleted after.
+point leaves the previous checkpoint whole, and files no slot names (older epochs, the
+temporary file of a killed write) are deleted after. A write that fails (full disk)
+raises `OutputError` and leaves the previous checkpoint as the last one.
 """
 
 from __future__ import annotations
@@ -73,11 +75,17 @@ class TrainingState:
         Returns:
             Whether this epoch is the new best.
         """
-        os.makedirs(self.directory, exist_ok=True)
         name = f"epoch_{finished_epochs}.weights.h5"
         temporary = os.path.join(self.directory, f".tmp_{name}")
-        self.model.save_weights(temporary)
-        os.replace(temporary, os.path.join(self.directory, name))
+        with work_dir.writing(os.path.join(self.directory, name)):
+            os.makedirs(self.directory, exist_ok=True)
+            try:
+                self.model.save_weights(temporary)
+                os.replace(temporary, os.path.join(self.directory, name))
+            except BaseException:
+                if os.path.exists(temporary):
+                    os.remove(temporary)
+                raise
         improved = val_accuracy > self.best_val_accuracy
         if improved:
             self.best_val_accuracy, self.best_epoch = val_accuracy, finished_epochs
@@ -89,6 +97,7 @@ class TrainingState:
             "best_val_accuracy": self.best_val_accuracy,
         })
         for other in set(os.listdir(self.directory)) - set(self._slots.values()):
-            if other.startswith(("epoch_", ".tmp_epoch_")):
-                os.remove(os.path.join(self.directory, other))
+            if other.startswith(("epoch_", ".tmp_")):  # .tmp_: a write killed halfway
+                with work_dir.writing(os.path.join(self.directory, other)):
+                    os.remove(os.path.join(self.directory, other))
         return improved

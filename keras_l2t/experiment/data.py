@@ -1,8 +1,9 @@
 """The experiment's data: val/test once, and one train pipeline per epoch.
 
 Each epoch's train pipeline is shuffled and augmented with a seed derived from
-(seed, epoch), so epoch k sees the same batches whether or not the process was
-restarted before it: a resumed run repeats the uninterrupted one. With
+(seed, epoch), and from nothing else (not TensorFlow's global seed), so epoch k sees the
+same batches whether or not the process was restarted before it: a resumed run repeats
+the uninterrupted one. With
 `--meta_objective=held_out` an epoch's pipeline pairs each training batch with a meta
 batch, `((x, y), (x_meta, y_meta))`; the meta stream is rebuilt every epoch too, its
 seed derived from the epoch's.
@@ -49,7 +50,7 @@ class ExperimentData:
 
 
 def load_data(config: ExperimentConfig, *, num_replicas: int = 1,
-              source_pretraining: bool = False) -> ExperimentData:
+              source_pretraining: bool = False, repeat: bool = False) -> ExperimentData:
     """Loads the config's dataset.
 
     Args:
@@ -58,6 +59,8 @@ def load_data(config: ExperimentConfig, *, num_replicas: int = 1,
         source_pretraining: Load the data of the cached source's pretraining instead:
             `--source_pretrain_indices` of the train split (all of it by default), all
             its examples per class, no validation, `--source_pretrain_batch_size`.
+        repeat: `splits.train` endless, every pass shuffled anew, for one `fit` over
+            all epochs with `steps_per_epoch` (source pretraining).
 
     Raises:
         ExperimentError: for missing data, bad sizes or a batch the replicas cannot split,
@@ -97,6 +100,7 @@ def load_data(config: ExperimentConfig, *, num_replicas: int = 1,
         batch_size=batch,
         eval_batch_size=config.eval_batch_size or batch,
         drop_remainder=drop_remainder,
+        repeat=repeat,
         **meta,
     )
     try:
@@ -108,10 +112,11 @@ def load_data(config: ExperimentConfig, *, num_replicas: int = 1,
                               ) from None
     rounding = math.floor if drop_remainder else math.ceil
     steps = rounding(splits.num_train / batch)
-    if steps < 1:
+    # A target batch larger than the split would train one step an epoch, silently.
+    if steps < 1 or (batch > splits.num_train and not source_pretraining):
         raise ExperimentError(
             f"{batch_flag}={batch} is larger than the {splits.num_train} training examples; "
-            "lower it."
+            f"use at most {splits.num_train}."
         )
     if config.max_steps_per_epoch:
         steps = min(steps, config.max_steps_per_epoch)

@@ -21,3 +21,21 @@ class ExperimentError(ValueError):
 
 class NonFiniteLoss(ExperimentError):
     """The training loss became NaN or infinite; training stopped before saving."""
+
+
+class OutputError(Exception):
+    """A file of the work directory could not be written (full disk, read-only file
+    system, permission). The last complete checkpoint stays usable: once the cause is
+    fixed, rerunning the command resumes.
+
+    Args:
+        path: The file or folder that could not be written.
+        cause: Why, in the operating system's words ("No space left on device").
+    """
+
+    def __init__(self, path: str, cause: str):
+        super().__init__(
+            f"cannot write '{path}': {cause}. Every finished epoch is kept: free space or "
+            "fix the permissions, then rerun the same command to resume."
+        )
+        self.path, self.cause = path, cause

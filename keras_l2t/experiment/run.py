@@ -37,7 +37,7 @@ from tensorflow.core.framework import summary_pb2
 
 from keras_l2t import networks, pictures, sources
 from keras_l2t._network_checks import outputs_logits
-from keras_l2t.experiment import work_dir
+from keras_l2t.experiment import fingerprint, interrupts, work_dir
 from keras_l2t.experiment.checkpoints import TrainingState
 from keras_l2t.experiment.config import ExperimentConfig
 from keras_l2t.experiment.data import ExperimentData, load_data
@@ -158,6 +158,13 @@ def build_source(config: ExperimentConfig, num_classes: int, image_size: int) ->
                 f"Source file '{name}' does not exist; train it first (e.g. "
                 "configs/tiny_imagenet.flags) or fix --source."
             )
+        if os.path.isdir(name):
+            inside = os.path.join(name, SOURCE_FILE_NAME)
+            raise ExperimentError(
+                f"--source={name} is a folder; pass --source={inside}" if os.path.exists(inside)
+                else f"--source={name} is a folder, not a network: pass a .keras file or "
+                f"one of {sorted(sources.IMAGENET_SOURCES)}, {NETWORK_HELP}."
+            )
         known = name in sources.IMAGENET_SOURCES or name in networks.NETWORKS
         if not (known or name.endswith(".keras")):
             raise ExperimentError(
@@ -272,11 +279,12 @@ def check_step(loss: float, epoch: int, step: int, steps: int) -> None:
         NonFiniteLoss: when `loss` is NaN or infinite.
     """
     if not math.isfinite(loss):
+        kept = (f"the checkpoint of epoch {epoch} (the last finished) is kept" if epoch
+                else "no checkpoint was written (the first epoch had not finished)")
         raise NonFiniteLoss(
             f"The training loss became {loss} at epoch {epoch + 1}, step {step + 1} "
-            f"(global step {epoch * steps + step + 1}); training stopped and the last good "
-            "checkpoint (end of the previous epoch) is kept. Lower --learning_rate or check "
-            "the data, in a new --work_dir."
+            f"(global step {epoch * steps + step + 1}); training stopped and {kept}. Lower "
+            "--learning_rate or check the data, in a new --work_dir."
         )
 
 
@@ -392,6 +400,7 @@ def _multi_worker_epoch(model, strategy: tf.distribute.Strategy, dataset: tf.dat
         callbacks, add_progbar=progress_bar, model=model, verbose=1, epochs=epoch + 1,
         steps=steps)
     model.reset_metrics()
+    model.stop_training = False
     callback_list.on_train_begin()
     callback_list.on_epoch_begin(epoch)
     logs = {}
@@ -399,6 +408,8 @@ def _multi_worker_epoch(model, strategy: tf.distribute.Strategy, dataset: tf.dat
         callback_list.on_train_batch_begin(index)
         logs = {k: float(v) for k, v in step(batch).items()}
         callback_list.on_train_batch_end(index, logs)
+        if model.stop_training:  # as fit: a callback or Ctrl-C asked to stop
+            break
     callback_list.on_epoch_end(epoch, logs)
     callback_list.on_train_end(logs)
 
@@ -429,6 +440,7 @@ def evaluate(network: keras.Model, dataset: tf.data.Dataset | None) -> dict[str,
     forward, from_logits = _forward(network), outputs_logits(network)
     total, correct, loss = 0, 0, 0.0
     for x, labels in dataset.as_numpy_iterator():
+        interrupts.check()
         outputs = np.asarray(forward(x)).astype(np.float64)
         if from_logits:
             shifted = outputs - outputs.max(axis=1, keepdims=True)
@@ -494,8 +506,9 @@ class EpochLog:
     """
 
     def __init__(self, csv_path: str, tensorboard_dir: str):
-        self.csv_path = csv_path
-        self.writer = tf.summary.create_file_writer(tensorboard_dir)
+        self.csv_path, self.tensorboard_dir = csv_path, tensorboard_dir
+        with work_dir.writing(tensorboard_dir):
+            self.writer = tf.summary.create_file_writer(tensorboard_dir)
 
     def truncate(self, finished_epochs: int) -> None:
         """Keeps only the rows of the first `finished_epochs` epochs (after a resume)."""
@@ -510,26 +523,32 @@ class EpochLog:
     def write(self, epoch: int, logs: dict[str, float]) -> None:
         """Records epoch `epoch` (0-based)."""
         row = {"epoch": epoch, **{k: f"{v:.6g}" for k, v in logs.items()}}
-        exists = os.path.exists(self.csv_path) and os.path.getsize(self.csv_path) > 0
-        with open(self.csv_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if not exists:
-                writer.writeheader()
-            writer.writerow(row)
-            f.flush()
-            os.fsync(f.fileno())
-        with self.writer.as_default(step=epoch):
-            for key, value in logs.items():
-                tf.summary.write(key, tf.constant(value, tf.float32), metadata=_SCALAR)
-        self.writer.flush()
+        size = os.path.getsize(self.csv_path) if os.path.exists(self.csv_path) else 0
+        with work_dir.writing(self.csv_path), open(self.csv_path, "a", newline="") as f:
+            try:
+                writer = csv.DictWriter(f, fieldnames=list(row))
+                if not size:
+                    writer.writeheader()
+                writer.writerow(row)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:
+                f.truncate(size)  # no half row for the resumed run to read
+                raise
+        with work_dir.writing(self.tensorboard_dir):
+            with self.writer.as_default(step=epoch):
+                for key, value in logs.items():
+                    tf.summary.write(key, tf.constant(value, tf.float32), metadata=_SCALAR)
+            self.writer.flush()
 
     def write_image(self, epoch: int, name: str, png: bytes) -> None:
         """Records a PNG image under `name` at epoch `epoch` (0-based) in TensorBoard."""
         shape = tf.shape(tf.io.decode_png(png))
         value = tf.stack([tf.as_string(shape[1]), tf.as_string(shape[0]), tf.constant(png)])
-        with self.writer.as_default(step=epoch):
-            tf.summary.write(name, value, metadata=_IMAGE)
-        self.writer.flush()
+        with work_dir.writing(self.tensorboard_dir):
+            with self.writer.as_default(step=epoch):
+                tf.summary.write(name, value, metadata=_IMAGE)
+            self.writer.flush()
 
     def read(self) -> dict[str, list[float]]:
         """The CSV log as columns: metric name -> one value per recorded epoch."""
@@ -541,11 +560,12 @@ class EpochLog:
 
     def _rewrite(self, rows: list[dict], fieldnames: list[str]) -> None:
         temporary = self.csv_path + ".tmp"
-        with open(temporary, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fieldnames)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(temporary, self.csv_path)
+        with work_dir.writing(self.csv_path):
+            with open(temporary, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=fieldnames)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(temporary, self.csv_path)
 
 
 class PictureLog:
@@ -585,8 +605,9 @@ class PictureLog:
         """Writes the final PNG files (and TensorBoard images at `epoch`); returns paths."""
         if not self.enabled:
             return []
-        paths = pictures.write_pictures(self.model, self.images, self.log.read(),
-                                        self.directory)
+        with work_dir.writing(self.directory):
+            paths = pictures.write_pictures(self.model, self.images, self.log.read(),
+                                            self.directory)
         for path in paths:
             with open(path, "rb") as f:
                 name = os.path.splitext(os.path.basename(path))[0]
@@ -617,7 +638,7 @@ def pretraining_data(config: ExperimentConfig, strategy: Strategy) -> Experiment
     if os.path.exists(_source_file(config)) and not config.overwrite:
         return None
     return load_data(config, num_replicas=strategy.num_replicas_in_sync,
-                     source_pretraining=True)
+                     source_pretraining=True, repeat=True)
 
 
 def cached_source(config: ExperimentConfig, strategy: Strategy, source: keras.Model,
@@ -647,10 +668,13 @@ def cached_source(config: ExperimentConfig, strategy: Strategy, source: keras.Mo
                 config.source, config.source_num_classes or data.splits.num_classes,
                 data.splits.image_size, exact_batch_norm=False,
             )
-            pretrain_source(network, data.splits.train, None, config.source_pretrain_epochs,
-                            directory, learning_rate=config.learning_rate,
-                            momentum=config.momentum, weight_decay=config.weight_decay,
-                            verbose=_verbose(config))
+            with work_dir.writing(directory):
+                pretrain_source(network, data.splits.train, None,
+                                config.source_pretrain_epochs, directory,
+                                learning_rate=config.learning_rate, momentum=config.momentum,
+                                weight_decay=config.weight_decay,
+                                steps_per_epoch=data.steps_per_epoch,
+                                verbose=_verbose(config))
     pretrained = keras.saving.load_model(path, compile=False)
     source.set_weights(pretrained.get_weights())
     if test_ds is not None:
@@ -665,27 +689,35 @@ def run_pretraining(config: ExperimentConfig, strategy: Strategy) -> dict:
     Writes `<work_dir>/source.keras` (load it with `--source=<that path>`),
     `history.csv`, and returns the results (also written to results.json by the caller).
     """
-    data = load_data(config, num_replicas=strategy.num_replicas_in_sync)
+    data = load_data(config, num_replicas=strategy.num_replicas_in_sync, repeat=True)
     splits = data.splits
     with strategy.scope():
         network = build_network(config.target, splits.num_classes, splits.image_size,
-                                       exact_batch_norm=False)
+                                exact_batch_norm=False)
+    data_json = _check_same_data(config, data)
     # --- Every check passed: from here on the work directory is written. ---
-    if config.overwrite:
-        work_dir.clear(config.work_dir)
-    os.makedirs(config.work_dir, exist_ok=True)
-    work_dir.write_json_atomic(work_dir.path(config.work_dir, work_dir.CONFIG), config.to_dict())
+    with work_dir.locked(config.work_dir):
+        _start_writing(config, data_json)
+        return _pretrain(config, strategy, data, network)
+
+
+def _pretrain(config: ExperimentConfig, strategy: Strategy, data: ExperimentData,
+              network: keras.Model) -> dict:
+    """Everything of `--mode=pretrain_source` that writes: the training, the results."""
+    splits = data.splits
     print(f"Pretraining {config.target} on {config.dataset} ({splits.num_train} train / "
           f"{splits.num_val} val / {splits.num_test} test, {splits.num_classes} classes, "
           f"{splits.image_size} px) for {config.epochs} epochs.", flush=True)
     # Under several replicas, fit() would split each validation batch across them, and
     # an uneven last batch fails; validation then runs once at the end, in this process.
     per_epoch_val = splits.val if splits.num_val and strategy.num_replicas_in_sync == 1 else None
-    with strategy.scope():  # fit's data and optimizer variables follow the strategy
+    # fit's data and optimizer variables follow the strategy
+    with strategy.scope(), work_dir.writing(config.work_dir):
         path = pretrain_source(
             network, splits.train, per_epoch_val, config.epochs,
             config.work_dir, learning_rate=config.learning_rate, momentum=config.momentum,
-            weight_decay=config.weight_decay, verbose=_verbose(config),
+            weight_decay=config.weight_decay, steps_per_epoch=data.steps_per_epoch,
+            verbose=_verbose(config),
         )
     test = evaluate(network, splits.test)
     val = evaluate(network, splits.val if splits.num_val else None)
@@ -809,6 +841,8 @@ def _decode_errors_named(config: ExperimentConfig):
 
 
 def _run_transfer(config: ExperimentConfig, strategy: Strategy, callbacks: list) -> dict:
+    """Checks all a transfer run's input (data, networks, pairs, the data of a run to
+    resume), then holds the work directory and trains (`_train_transfer`)."""
     chief = is_chief(strategy)
     data = load_data(config, num_replicas=strategy.num_replicas_in_sync)
     splits = data.splits
@@ -828,14 +862,55 @@ def _run_transfer(config: ExperimentConfig, strategy: Strategy, callbacks: list)
         model.reset_metrics()
     pretraining = (pretraining_data(config, strategy)
                    if needs_pretraining(config) else None)
-
+    data_json = _check_same_data(config, data)
     # --- Every check passed: from here on the work directory is written. ---
-    if config.overwrite and chief:
+    if not chief:  # a multi-worker run's other workers write to scratch directories
+        os.makedirs(config.work_dir, exist_ok=True)
+        return _train_transfer(config, strategy, callbacks, data, model, sample, pretraining)
+    with work_dir.locked(config.work_dir):
+        _start_writing(config, data_json)
+        return _train_transfer(config, strategy, callbacks, data, model, sample, pretraining)
+
+
+def _check_same_data(config: ExperimentConfig, data: ExperimentData) -> dict:
+    """The data's fingerprint, checked against the one the run started with (if any).
+
+    Raises:
+        ExperimentError: when a run to resume was started on other data.
+    """
+    current = fingerprint.data_fingerprint(config, data)
+    if config.overwrite:
+        return current
+    try:
+        saved = work_dir.read_json(work_dir.path(config.work_dir, work_dir.DATA))
+    except (OSError, ValueError):
+        saved = None  # unreadable: written again below
+    if isinstance(saved, dict):
+        differences = fingerprint.differences(saved, current)
+        if differences:
+            raise ExperimentError(
+                f"--work_dir={config.work_dir} was started on other data (it differs in: "
+                f"{'; '.join(differences)}); resume it with the data it started on, or "
+                "start anew with --overwrite or a new --work_dir."
+            )
+    return current
+
+
+def _start_writing(config: ExperimentConfig, data_json: dict) -> None:
+    """Clears the work directory on --overwrite, then writes data.json and config.json."""
+    if config.overwrite:
         work_dir.clear(config.work_dir)
-    os.makedirs(config.work_dir, exist_ok=True)
-    if chief:
-        work_dir.write_json_atomic(work_dir.path(config.work_dir, work_dir.CONFIG),
-                                   config.to_dict())
+    work_dir.write_json_atomic(work_dir.path(config.work_dir, work_dir.DATA), data_json)
+    work_dir.write_json_atomic(work_dir.path(config.work_dir, work_dir.CONFIG),
+                               config.to_dict())
+
+
+def _train_transfer(config: ExperimentConfig, strategy: Strategy, callbacks: list,
+                    data: ExperimentData, model: TransferModel, sample,
+                    pretraining: ExperimentData | None) -> dict:
+    """Everything of a transfer run that writes: resume, epochs, results, exports."""
+    chief = is_chief(strategy)
+    splits = data.splits
     if needs_pretraining(config):
         cached_source(config, strategy, model.source, pretraining, splits.test)
 
@@ -866,10 +941,14 @@ def _run_transfer(config: ExperimentConfig, strategy: Strategy, callbacks: list)
 
     epoch_end = _EpochEnd(config, model, splits.val if splits.num_val else None, state, log,
                           picture_log)
-    callbacks = [_StepCheck(data.steps_per_epoch), epoch_end, *callbacks]
-    for epoch in range(start, config.epochs):
-        _train_epoch(model, strategy, data.train(epoch), epoch, data.steps_per_epoch,
-                     callbacks, interactive(config.progress))
+    callbacks = [interrupts.StopOnInterrupt(), _StepCheck(data.steps_per_epoch), epoch_end,
+                 *callbacks]
+    with interrupts.training_epochs(model):
+        for epoch in range(start, config.epochs):
+            interrupts.check()
+            _train_epoch(model, strategy, data.train(epoch), epoch, data.steps_per_epoch,
+                         callbacks, interactive(config.progress))
+    interrupts.check()
 
     last_val = evaluate(model.target, splits.val if splits.num_val else None)
     last_test = evaluate(model.target, splits.test)
@@ -932,12 +1011,14 @@ def _write_outputs(config: ExperimentConfig, model, image_size: int, results: di
     """The target as .keras and as a serving SavedModel, then results.json (last)."""
     target_path = work_dir.path(config.work_dir, work_dir.TARGET)
     export_path = work_dir.path(config.work_dir, work_dir.EXPORT)
-    model.target.save(target_path)
+    with work_dir.writing(target_path):
+        model.target.save(target_path)
     # Exported from a plain copy (loaded outside any strategy scope: one device).
     plain = keras.saving.load_model(target_path, compile=False)
-    if os.path.exists(export_path):
-        shutil.rmtree(export_path)
-    export_target(plain, export_path, image_size)
+    with work_dir.writing(export_path):
+        if os.path.exists(export_path):
+            shutil.rmtree(export_path)
+        export_target(plain, export_path, image_size)
     results = dict(results, target_file=os.path.abspath(target_path),
                    export_dir=os.path.abspath(export_path))
     work_dir.write_json_atomic(work_dir.path(config.work_dir, work_dir.RESULTS), results)

@@ -13,6 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TRAIN = os.path.join(ROOT, "train.py")
 # train.py with a callback that SIGKILLs it at --kill_at_step.
 KILLED_TRAIN = os.path.join(ROOT, "tests", "experiment", "killed_train.py")
+# train.py's main with hooks: pause at a step, Ctrl-C at a given moment.
+HOOKED_TRAIN = os.path.join(ROOT, "tests", "experiment", "hooked_train.py")
 NUM_TRAIN, NUM_TEST = 60, 20
 
 
@@ -24,11 +26,11 @@ def write_idx(path: str, array: np.ndarray) -> None:
         f.write(header + array.tobytes())
 
 
-def make_fashion_dir(directory: str) -> str:
+def make_fashion_dir(directory: str, num_train: int = NUM_TRAIN) -> str:
     """Tiny Fashion-MNIST-format data: class c is a bright bar at row 2c, with noise."""
     os.makedirs(directory, exist_ok=True)
     rng = np.random.default_rng(0)
-    for split, n in (("train", NUM_TRAIN), ("t10k", NUM_TEST)):
+    for split, n in (("train", num_train), ("t10k", NUM_TEST)):
         labels = np.arange(n) % 10
         images = rng.integers(0, 60, size=(n, 28, 28))
         for i, label in enumerate(labels):
@@ -76,9 +78,27 @@ def tiny_config(work_dir: str, data_dir: str, source: str, **overrides):
 def run_train(flags: list[str], env: dict | None = None, timeout: int = 180,
               script: str = TRAIN, **kwargs) -> subprocess.CompletedProcess:
     """Runs train.py (or `script`) in a fresh process; returns the finished process."""
-    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
     return subprocess.run([sys.executable, script, *flags], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, cwd=ROOT, **kwargs)
+                          env=train_env(env), timeout=timeout, cwd=ROOT, **kwargs)
+
+
+def start_train(flags: list[str], script: str = TRAIN, **kwargs) -> subprocess.Popen:
+    """Starts train.py (or `script`) in a fresh process and returns at once."""
+    return subprocess.Popen([sys.executable, script, *flags], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=train_env(), cwd=ROOT,
+                            **kwargs)
+
+
+def train_env(env: dict | None = None) -> dict:
+    """The environment of a train.py process the tests start."""
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+
+
+def error_line(process) -> str:
+    """The one `error:` line a refused train.py printed (the test fails if not exactly one)."""
+    lines = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, process.stderr[-3000:]
+    return lines[0]
 
 
 def checkpoint_state(work_dir: str) -> dict:
@@ -100,6 +120,14 @@ def checkpoint_values(work_dir: str, slot: str = "last") -> dict[str, np.ndarray
     with h5py.File(path, "r") as f:
         f.visititems(visit)
     return values
+
+
+def epochs_in_log(work_dir: str) -> list[int]:
+    """The epochs of the rows of the run's log.csv, in order."""
+    import csv
+
+    with open(os.path.join(work_dir, "log.csv"), newline="") as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
 
 
 def load_json(path: str):

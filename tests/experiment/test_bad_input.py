@@ -73,6 +73,8 @@ def _config(work_dir, fashion_dir, source_file, **overrides) -> ExperimentConfig
          "with no training image"),
         (dict(mode="pretrain_source", meta_objective="held_out"),
          "--meta_objective=held_out is for --mode=transfer"),
+        (dict(batch_size=64), "--batch_size=64 is larger than the 50 training examples; use "
+         "at most 50."),
     ],
 )
 def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, fashion_dir, source_file,
@@ -84,6 +86,18 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, fashion_dir, 
     assert message in str(error.value)
     assert "\n" not in str(error.value) and "\x1b" not in str(error.value)
     assert not work_dir.exists()
+
+
+def test_a_folder_as_source_points_at_the_source_file_inside(tmp_path, fashion_dir,
+                                                             source_file):
+    pretrained = os.path.dirname(source_file)  # as --mode=pretrain_source leaves it
+    with pytest.raises(ExperimentError) as error:
+        run_experiment(_config(tmp_path / "run", fashion_dir, source_file, source=pretrained))
+    assert str(error.value) == f"--source={pretrained} is a folder; pass --source={source_file}"
+    with pytest.raises(ExperimentError, match="is a folder, not a network: pass a .keras"):
+        run_experiment(_config(tmp_path / "run", fashion_dir, source_file,
+                               source=str(tmp_path)))
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("mode", ["transfer", "pretrain_source"])

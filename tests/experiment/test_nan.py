@@ -54,3 +54,17 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_checkpoint(tmp_path, fash
     # JAX's fit checks in its callback thread, so it never waits for a step's logs
     # before starting the next step; TensorFlow's fit runs its callbacks in line.
     assert in_main_thread == {keras.backend.backend() != "jax"}
+
+
+def test_the_nan_message_says_which_checkpoint_is_kept():
+    with pytest.raises(NonFiniteLoss) as first:
+        run.check_step(float("nan"), epoch=0, step=1, steps=6)
+    assert str(first.value) == (
+        "The training loss became nan at epoch 1, step 2 (global step 2); training stopped "
+        "and no checkpoint was written (the first epoch had not finished). Lower "
+        "--learning_rate or check the data, in a new --work_dir.")
+    with pytest.raises(NonFiniteLoss, match=r"at epoch 3, step 1 \(global step 13\); "
+                       r"training stopped and the checkpoint of epoch 2 \(the last finished\)"
+                       " is kept"):
+        run.check_step(float("inf"), epoch=2, step=0, steps=6)
+    run.check_step(1.5, epoch=0, step=0, steps=6)  # a finite loss passes

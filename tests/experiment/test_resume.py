@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 
@@ -12,6 +11,7 @@ from experiment_helpers import (
     KILLED_TRAIN,
     checkpoint_state,
     checkpoint_values,
+    epochs_in_log,
     load_json,
     run_train,
     tiny_config,
@@ -19,11 +19,6 @@ from experiment_helpers import (
 )
 
 from keras_l2t.experiment import ExperimentError, run_experiment
-
-
-def _epochs_in_log(work_dir: str) -> list[int]:
-    with open(os.path.join(work_dir, "log.csv"), newline="") as f:
-        return [int(row["epoch"]) for row in csv.DictReader(f)]
 
 
 @pytest.mark.slow
@@ -45,7 +40,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, finished_run, 
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming after epoch 1 of 3" in resumed.stdout
     assert "epoch 1/3" not in resumed.stdout and "epoch 3/3" in resumed.stdout
-    assert _epochs_in_log(work_dir) == [0, 1, 2]
+    assert epochs_in_log(work_dir) == [0, 1, 2]
 
     assert checkpoint_state(work_dir) == checkpoint_state(full_dir)
     expected = checkpoint_values(full_dir)
