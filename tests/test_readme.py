@@ -5,9 +5,13 @@ import os
 import re
 from pathlib import Path
 
+from backends import tensorflow_only
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+@tensorflow_only("the example has no backend code; fit and export on JAX: test_train_step, "
+                 "test_saving, test_other_backend")
 def test_readme_python_example_runs(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert len(blocks) == 1, "the README should have exactly one Python example"

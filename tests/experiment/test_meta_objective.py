@@ -13,6 +13,7 @@ import signal
 import numpy as np
 import pytest
 from absl import flags
+from backends import tensorflow_only
 from experiment_helpers import (
     KILLED_TRAIN,
     TRAIN,
@@ -94,6 +95,7 @@ def test_an_epochs_training_elements_are_the_same_after_a_restart(fashion_dir, s
 
 
 @pytest.mark.slow
+@tensorflow_only("the meta stream is tf.data on every backend; resume on JAX: test_resume")
 def test_killed_held_out_run_resumes_to_the_uninterrupted_result(tmp_path, fashion_dir,
                                                                  source_file):
     def flags_for(name):

@@ -1,7 +1,7 @@
-"""train.py, unchanged, on the other backend than this test process (JAX when the suite
-runs on TensorFlow, TensorFlow when it runs on JAX): its SavedModel loads here and
-serves the network whose test accuracy results.json reports, and its target.keras loads
-on this backend. (Kill and resume on each backend: test_resume, in that backend's pass.)"""
+"""train.py, unchanged, on JAX from the TensorFlow pass: its SavedModel (converted with
+jax2tf) loads here and serves the network whose test accuracy results.json reports, and
+its target.keras loads on TensorFlow. (Kill and resume on each backend: test_resume, in
+that backend's pass.)"""
 
 from __future__ import annotations
 
@@ -11,13 +11,17 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from backends import tensorflow_only
 from experiment_helpers import checkpoint_state, load_json, run_train, tiny_flags
 
 from keras_l2t.data import augment, load_fashion_mnist_arrays
 
-pytestmark = pytest.mark.slow  # every test here starts train.py
+# Every test here starts train.py. The JAX pass would run it on TensorFlow, which the
+# TensorFlow pass's experiment tests do already.
+pytestmark = [pytest.mark.slow,
+              tensorflow_only("it runs train.py on JAX from the TensorFlow pass")]
 
-OTHER = "jax" if keras.backend.backend() == "tensorflow" else "tensorflow"
+OTHER = "jax"
 
 
 def test_train_py_trains_and_exports_on_the_other_backend(tmp_path, fashion_dir,

@@ -10,10 +10,15 @@ import textwrap
 
 import numpy as np
 import pytest
+from backends import tensorflow_only
 from experiment_helpers import checkpoint_state, load_json, tiny_config
 
 from keras_l2t.data import augment, load_fashion_mnist_arrays
 from keras_l2t.experiment import run, run_experiment
+
+# The files are written by backend-independent code; the JAX export is served in
+# test_other_backend (TensorFlow pass), which runs train.py on JAX.
+pytestmark = tensorflow_only("the work directory's files do not depend on the backend")
 
 
 @pytest.mark.slow

@@ -6,10 +6,14 @@ import os
 
 import keras
 import numpy as np
+from backends import tensorflow_only
 from experiment_helpers import load_json
 
 from keras_l2t.experiment import ExperimentConfig, run_experiment
 from keras_l2t.sources import load_source
+
+# Source pretraining is Keras' own fit; on JAX it runs in tests/networks.
+pytestmark = tensorflow_only("train.py's source pretraining has no backend code")
 
 
 def test_pretrain_source_mode_writes_a_loadable_source(tmp_path, fashion_dir, capsys):
