@@ -155,8 +155,9 @@ def build_source(config: ExperimentConfig, num_classes: int, image_size: int) ->
     else:
         if name.endswith(".keras") and not os.path.exists(name):
             raise ExperimentError(
-                f"Source file '{name}' does not exist; train it first (e.g. "
-                "configs/tiny_imagenet.flags) or fix --source."
+                f"Source file '{name}' does not exist; make it first (convert_source.py "
+                "for the authors' ResNet-32, configs/tiny_imagenet.flags to pretrain your "
+                "own) or fix --source."
             )
         if os.path.isdir(name):
             inside = os.path.join(name, SOURCE_FILE_NAME)
