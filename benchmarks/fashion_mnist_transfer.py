@@ -108,7 +108,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_l2t import CoupledSGD, TorchAdam, TransferModel
-from keras_l2t.data import load_dataset, splits
+from keras_l2t.data import load_dataset
 from keras_l2t.data.fashion_mnist import FashionMnistSource
 from keras_l2t.networks import small_cnn, small_cnn_taps
 from keras_l2t.source_pretraining import SOURCE_FILE_NAME, pretrain_source
@@ -150,7 +150,6 @@ TRAIN_BATCH = "train_batch"  # the real step's own batch (the paper); fit on (x,
 CARVE = "carve"  # meta images carved off the N training images, not trained on
 STREAM = "stream"  # a second shuffled, augmented stream of the same training images
 # The meta stream's shuffle/augmentation seed is the run seed plus this.
-META_SEED_OFFSET = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,11 +190,6 @@ def meta_optimizer_of(method: str, name: str) -> str:
 def recorded_meta_optimizer(result: dict[str, Any]) -> str:
     """A stored run's meta-optimizer; runs from before the flag used Keras' Adam."""
     return result.get("meta_optimizer") or meta_optimizer_of(result["method"], "keras_adam")
-
-
-def meta_per_class(samples_per_class: int, fraction: float) -> int:
-    """Meta images carved per class: round(fraction * N), half up, at least 1, below N."""
-    return int(min(samples_per_class - 1, max(1, math.floor(fraction * samples_per_class + 0.5))))
 
 
 def run_key(setting: str, recipe: str, seed: int, meta_learning_rate: float, steps: int,
@@ -311,70 +305,32 @@ def sha1_of(weights: list[np.ndarray]) -> str:
 
 def data_for(args: argparse.Namespace, classes: list[int] | None, samples_per_class: int,
              indices, seed: int, batch_size: int, source: FashionMnistSource | None = None,
-             shuffle_seed: int | None = None):
+             **meta):
     """The `DataSplits`; `train` endless, every pass shuffled and augmented anew from
-    the seed alone (`load_dataset(repeat=True)`)."""
+    the seed alone (`load_dataset(repeat=True)`); `meta`: `load_dataset`'s meta split
+    arguments."""
     return load_dataset(
         "fashion_mnist", data_dir=args.data_dir, train_indices=indices,
         samples_per_class=samples_per_class or None, classes=classes, image_size=IMAGE_SIZE,
         augmentation=args.augmentation, val_fraction=0.0,
-        batch_size=batch_size, eval_batch_size=500, split_seed=seed,
-        shuffle_seed=seed if shuffle_seed is None else shuffle_seed, source=source,
-        repeat=True,
+        batch_size=batch_size, eval_batch_size=500, split_seed=seed, shuffle_seed=seed,
+        source=source, repeat=True, **meta,
     )
 
 
-def carve_meta(source: FashionMnistSource, classes: list[int] | None, samples_per_class: int,
-               per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(training positions, meta positions) in the official train split.
-
-    The N images per class are those `load_dataset` keeps with this seed; the meta ones
-    are the first `per_class` of the same seeded per-class order (the library keeps a
-    prefix of it, so they are among the N).
-    """
-    keys, labels = source.index("train")
-    positions = np.asarray(TARGET_TRAIN)
-
-    def kept(n: int) -> np.ndarray:
-        return positions[splits.split_train_val(
-            keys[positions], labels[positions], num_classes=source.num_classes,
-            val_fraction=0.0, seed=seed, samples_per_class=n, classes=classes).train]
-
-    every, meta = kept(samples_per_class), kept(per_class)
-    if not np.all(np.isin(meta, every)):
-        raise AssertionError("The carved meta images are not among the N training images.")
-    return np.setdiff1d(every, meta), meta
-
-
 def target_data(args: argparse.Namespace, setting: str, recipe: Recipe, seed: int):
-    """The target's `DataSplits`, and the meta stream (None for TRAIN_BATCH recipes).
-
-    The meta stream repeats forever, in batches of `--batch_size`: shuffled and augmented
-    as the training batches, by the run seed plus `META_SEED_OFFSET`.
-    """
+    """The target's `DataSplits`, and (meta stream, its image count), None for TRAIN_BATCH
+    recipes: `load_dataset`'s carved meta split (CARVE, `--meta_fraction` of each class's
+    N images, never trained on) or a second stream of the training images (STREAM), both
+    endless, shuffled and augmented as the training batches with their own seed."""
     _, classes, samples_per_class = SETTINGS[setting]
     source = (PermutedFashionMnist(args.data_dir, invert=PERMUTED_SETTINGS[setting])
               if setting in PERMUTED_SETTINGS else None)
-    meta_seed = seed + META_SEED_OFFSET
-    if recipe.meta_data == TRAIN_BATCH:
-        return data_for(args, classes, samples_per_class, TARGET_TRAIN, seed,
-                        args.batch_size, source), None
-    if recipe.meta_data == STREAM:
-        data = data_for(args, classes, samples_per_class, TARGET_TRAIN, seed,
-                        args.batch_size, source)
-        meta = data_for(args, classes, samples_per_class, TARGET_TRAIN, seed,
-                        args.batch_size, source, shuffle_seed=meta_seed)
-    elif recipe.meta_data == CARVE:
-        source = source or FashionMnistSource(args.data_dir)
-        per_class = meta_per_class(samples_per_class, args.meta_fraction)
-        train_positions, meta_positions = carve_meta(source, classes, samples_per_class,
-                                                     per_class, seed)
-        data = data_for(args, classes, 0, train_positions, seed, args.batch_size, source)
-        meta = data_for(args, classes, 0, meta_positions, seed, args.batch_size, source,
-                        shuffle_seed=meta_seed)
-    else:
-        raise ValueError(f"Unknown meta data {recipe.meta_data!r}.")
-    return data, (meta.train, meta.num_train)
+    meta = {TRAIN_BATCH: {}, STREAM: {"meta_from_train": True},
+            CARVE: {"meta_fraction": args.meta_fraction}}[recipe.meta_data]
+    data = data_for(args, classes, samples_per_class, TARGET_TRAIN, seed, args.batch_size,
+                    source, **meta)
+    return data, (None if data.meta is None else (data.meta, data.num_meta))
 
 
 def cached_source(args: argparse.Namespace, name: str) -> tuple[keras.Model, float]:
