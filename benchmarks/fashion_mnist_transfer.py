@@ -63,6 +63,16 @@ number of SGD steps:
   bright background it never saw, while the target's first convolution and batch norm
   can absorb a sign flip).
 
+T, N=10 (a real pretrained source, not trained here): the authors' Tiny ImageNet
+ResNet-32 (natural RGB images, 200 classes; `convert_source.py` writes it, path
+`--authors_source`), taps `stage1_out`..`stage3_out`; the target is the plain Fashion-MNIST
+task of X without the permutation (10 images per class of 50,000-59,999, grey images
+repeated over RGB, ImageNet mean/std as the source was trained with):
+
+    python convert_source.py --checkpoint=tinyimagenet-200-resnet32.pth.tar
+    python benchmarks/fashion_mnist_transfer.py --settings=T_N10 \
+        --methods=scratch,fm,at,l2t_ww,l2t_ww_held_out --seeds=0,1,2,3,4 --steps=300
+
 Methods: scratch, fm (single pair), at (one-to-one), l2t_w (one-to-one), l2t_ww
 (all-to-all, 3 x 3 pairs). Each row of the table is a recipe (`RECIPES`, the names that
 `--methods` takes): a method with its pairs, extra `TransferModel` arguments and the data
@@ -126,6 +136,7 @@ SETTINGS: dict[str, tuple[str, list[int] | None, int]] = {
     "X_N10": ("source_all", None, 10),
     "X_N100": ("source_all", None, 100),
     "XI_N10": ("source_all", None, 10),
+    "T_N10": ("authors_resnet32", None, 10),
 }
 # The settings a call runs without --settings (the recorded table's; X_* on request).
 DEFAULT_SETTINGS = ("A_N5", "A_N20", "B_N10")
@@ -136,6 +147,10 @@ PERMUTED_SETTINGS: dict[str, bool] = {"X_N10": False, "X_N100": False, "XI_N10":
 PERMUTATION_SEED = 1919
 IMAGE_SIZE = 32
 SOURCES: dict[str, list[int] | None] = {"source_all": None, "source_0_4": [0, 1, 2, 3, 4]}
+# A real pretrained source, not trained here: the authors' Tiny ImageNet ResNet-32
+# (natural RGB images, 200 classes), converted by convert_source.py (`--authors_source`).
+AUTHORS_SOURCE = "authors_resnet32"
+AUTHORS_SOURCE_TAPS = ["stage1_out", "stage2_out", "stage3_out"]
 METHOD_PAIRS: dict[str, str | None] = {
     "scratch": None,
     "fm": "single",
@@ -260,6 +275,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work_dir", default="runs/fashion_mnist_benchmark")
     parser.add_argument("--data_dir", default=None, help="Fashion-MNIST idx folder.")
+    parser.add_argument("--authors_source",
+                        default="sources/authors_tiny_imagenet_resnet32.keras",
+                        help="T_* settings: the authors' ResNet-32 as convert_source.py "
+                             "writes it.")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--settings", default=",".join(DEFAULT_SETTINGS),
                         help=f"Comma-separated settings: {', '.join(SETTINGS)}.")
@@ -334,7 +353,16 @@ def target_data(args: argparse.Namespace, setting: str, recipe: Recipe, seed: in
 
 
 def cached_source(args: argparse.Namespace, name: str) -> tuple[keras.Model, float]:
-    """Pretrains (once) and loads a source; returns it and its test accuracy."""
+    """Pretrains (once) and loads a source; returns it and its test accuracy (None for
+    the authors' network, whose 200 classes are not Fashion-MNIST's)."""
+    if name == AUTHORS_SOURCE:
+        if not os.path.exists(args.authors_source):
+            raise SystemExit(
+                f"--authors_source={args.authors_source} does not exist; convert the "
+                "authors' checkpoint first: python convert_source.py "
+                f"--checkpoint=tinyimagenet-200-resnet32.pth.tar --output={args.authors_source}")
+        print(f"Source {name}: {args.authors_source}", flush=True)
+        return keras.saving.load_model(args.authors_source, compile=False), None
     directory = os.path.join(args.work_dir, name)
     path = os.path.join(directory, SOURCE_FILE_NAME)
     classes = SOURCES[name]
@@ -426,17 +454,16 @@ def run_one(args: argparse.Namespace, setting: str, recipe_name: str, seed: int,
             held_out: tf.data.Dataset | None = None) -> dict[str, Any]:
     recipe = RECIPES[recipe_name]
     method = recipe.method
-    # The global seed first: the library's train pipeline depends on it, not only on
-    # shuffle_seed (see docs/benchmarks.md), so it must be the same for every method.
-    keras.utils.set_random_seed(seed)
-    data, meta = target_data(args, setting, recipe, seed)
-    keras.utils.set_random_seed(seed)
+    data, meta = target_data(args, setting, recipe, seed)  # its batches: from seed alone
+    keras.utils.set_random_seed(seed)  # the target's initial weights
     target = small_cnn(TARGET_NET, data.num_classes, (32, 32, 3), exact_batch_norm=True)
     init_sha = sha1_of(target.get_weights())
     pairs = recipe.pairs
     kwargs: dict[str, Any] = dict(recipe.model_kwargs)
     if pairs is not None:
-        kwargs.update(pairs=pairs, source_layers=small_cnn_taps(SOURCE_NET),
+        source_taps = (AUTHORS_SOURCE_TAPS if SETTINGS[setting][0] == AUTHORS_SOURCE
+                       else small_cnn_taps(SOURCE_NET))
+        kwargs.update(pairs=pairs, source_layers=source_taps,
                       target_layers=small_cnn_taps(TARGET_NET))
     model = TransferModel(source, target, method=method, beta=args.beta, **kwargs)
     chunk = max(1, args.steps // args.chunks)
