@@ -209,17 +209,17 @@ def recorded_meta_optimizer(result: dict[str, Any]) -> str:
 
 def run_key(setting: str, recipe: str, seed: int, meta_learning_rate: float, steps: int,
             augmentation: str, beta: float, meta_optimizer: str,
-            meta_fraction: float | None) -> tuple:
+            meta_fraction: float | None, dtype_policy: str = "float32") -> tuple:
     """What identifies a run in results.json (a rerun skips a key already there)."""
     return (setting, recipe, seed, meta_learning_rate, steps, augmentation, beta,
-            meta_optimizer, meta_fraction)
+            meta_optimizer, meta_fraction, dtype_policy)
 
 
 def stored_key(result: dict[str, Any]) -> tuple:
     return run_key(result["setting"], recipe_of(result), result["seed"],
                    result["meta_learning_rate"], result["steps"], result["augmentation"],
                    result["beta"], recorded_meta_optimizer(result),
-                   result.get("meta_fraction"))
+                   result.get("meta_fraction"), result.get("dtype_policy", "float32"))
 
 
 def check_recipes(names: list[str]) -> None:
@@ -292,6 +292,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="Logging intervals per run (meta_ce etc. over training).")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--beta", type=float, default=2.0)
+    parser.add_argument("--dtype_policy", default="float32",
+                        help="The target's, adapters' and meta-networks' Keras dtype policy "
+                             "(e.g. mixed_bfloat16); the source stays float32.")
     parser.add_argument("--learning_rate", type=float, default=0.1)
     parser.add_argument("--meta_learning_rate", type=float, default=1e-4)
     parser.add_argument("--meta_optimizer", default="torch_adam",
@@ -456,6 +459,7 @@ def run_one(args: argparse.Namespace, setting: str, recipe_name: str, seed: int,
     method = recipe.method
     data, meta = target_data(args, setting, recipe, seed)  # its batches: from seed alone
     keras.utils.set_random_seed(seed)  # the target's initial weights
+    keras.config.set_dtype_policy(args.dtype_policy)  # the target, adapters, meta-networks
     target = small_cnn(TARGET_NET, data.num_classes, (32, 32, 3), exact_batch_norm=True)
     init_sha = sha1_of(target.get_weights())
     pairs = recipe.pairs
@@ -488,6 +492,7 @@ def run_one(args: argparse.Namespace, setting: str, recipe_name: str, seed: int,
     start = time.time()
     model.fit(train, steps_per_epoch=chunk, epochs=chunks, callbacks=callbacks, verbose=0)
     train_seconds = time.time() - start
+    keras.config.set_dtype_policy("float32")
     test_accuracy = _accuracy(model.target, data.test)
     result: dict[str, Any] = {
         "setting": setting, "recipe": recipe_name, "method": method, "seed": seed,
@@ -495,6 +500,7 @@ def run_one(args: argparse.Namespace, setting: str, recipe_name: str, seed: int,
         "num_pairs": len(model.pairs), "meta_learning_rate": meta_learning_rate,
         "steps": total_steps, "batch_size": args.batch_size, "beta": args.beta,
         "augmentation": args.augmentation, "tag": args.tag,
+        "dtype_policy": args.dtype_policy,
         "meta_optimizer": meta_optimizer_of(method, args.meta_optimizer),
         "num_train": data.num_train, "num_test": data.num_test,
         "target_init_sha1": init_sha, "test_accuracy": test_accuracy,
@@ -715,7 +721,8 @@ def main(argv: list[str]) -> None:
         key = run_key(setting, name, seed, meta_lr, chunk * math.ceil(args.steps / chunk),
                       args.augmentation, args.beta,
                       meta_optimizer_of(recipe.method, args.meta_optimizer),
-                      args.meta_fraction if recipe.meta_data == CARVE else None)
+                      args.meta_fraction if recipe.meta_data == CARVE else None,
+                      args.dtype_policy)
         if key in done:
             continue
         source_name = SETTINGS[setting][0]
