@@ -64,6 +64,7 @@ def train_step(model, state, data):
         source = model._source_outputs(x)  # the only source forward of this batch
         learning_rate = ops.convert_to_tensor(model.optimizer.learning_rate)  # alpha
         channel_weights, pair_weights = model._transfer_weights(source)
+    iteration = values.get([model.optimizer.iterations])[0]  # before 1., for meta_every
     fixed = (
         [ops.stop_gradient(w) for w in channel_weights],
         [ops.stop_gradient(p) for p in pair_weights],
@@ -91,26 +92,39 @@ def train_step(model, state, data):
     values.set(state_variables, new_state)
     values.set(optimizer_variables, new_optimizer_values)
 
-    meta_loss = None
-    if model.method.meta_learned:
+    phi_variables = model._phi_variables
+
+    def meta_step(phi, meta_optimizer_values):
         # 2. Lookahead and 3. meta-gradient, from theta_{t+1}.
         meta = _meta_batch(model, x, x_meta, y_meta, batch)
         meta_loss, meta_grads = _meta_gradient(model, values, x, y, source, learning_rate,
                                                batch, meta)
         # 4. Meta step: phi <- phi - eta * (dL_org(theta_{T+1})/dphi + wd * phi), through
         #    the meta-optimizer.
-        phi_variables = model._phi_variables
-        phi = values.get(phi_variables)
         meta_grads = [g + model.meta_weight_decay * p for g, p in zip(meta_grads, phi)]
-        phi, new_meta_values = model.meta_optimizer.stateless_apply(
-            values.get(meta_optimizer_variables), meta_grads, phi
-        )
+        phi, meta_optimizer_values = model.meta_optimizer.stateless_apply(
+            meta_optimizer_values, meta_grads, phi)
+        return phi, meta_optimizer_values, ops.cast(meta_loss, model._loss_dtype)
+
+    def no_meta_step(phi, meta_optimizer_values):
+        return phi, meta_optimizer_values, ops.zeros((), model._loss_dtype)
+
+    meta_loss, meta_taken = None, None
+    if model.method.meta_learned:
+        state = (values.get(phi_variables), values.get(meta_optimizer_variables))
+        if model.meta_every == 1:
+            phi, new_meta_values, meta_loss = meta_step(*state)
+        else:  # only every meta_every-th iteration: one compiled step, a cond
+            taken = iteration % model.meta_every == 0
+            phi, new_meta_values, meta_loss = jax.lax.cond(taken, meta_step, no_meta_step,
+                                                           *state)
+            meta_taken = ops.cast(taken, model._loss_dtype)
         values.set(phi_variables, phi)
         values.set(meta_optimizer_variables, new_meta_values)
 
     with values.scope() as scope:
         logs = model._record_step(x, y, terms, logits, channel_weights, pair_weights,
-                                 meta_loss)
+                                 meta_loss, meta_taken)
     values.set(model.metrics_variables,
                [scope.get_current_value(v) for v in model.metrics_variables])
     new_state = (

@@ -40,6 +40,7 @@ def train_step(model, data) -> dict:
     batch = global_batch_size(x, model._loss_dtype)
     source = model._source_outputs(x)  # the only source forward of this batch
     learning_rate = tf.convert_to_tensor(model.optimizer.learning_rate)  # alpha, before 1.
+    iteration = tf.convert_to_tensor(model.optimizer.iterations)  # before 1., for meta_every
     channel_weights, pair_weights = model._transfer_weights(source)
     fixed = (
         [tf.stop_gradient(w) for w in channel_weights],
@@ -53,8 +54,7 @@ def train_step(model, data) -> dict:
         loss, terms, logits = model._real_step_loss(x, y, source, *fixed, batch)
     model.optimizer.apply(tape.gradient(loss, theta), theta)
 
-    meta_loss = None
-    if model.method.meta_learned:
+    def meta_step():
         # 2. Lookahead and 3. meta-gradient, from theta_{t+1}.
         meta = _meta_batch(model, x, x_meta, y_meta, batch)
         meta_loss, meta_grads = _meta_gradient(model, x, y, source, learning_rate, batch, meta)
@@ -64,8 +64,24 @@ def train_step(model, data) -> dict:
         phi = model._phi_variables
         meta_grads = [g + decay * tf.convert_to_tensor(v) for g, v in zip(meta_grads, phi)]
         model.meta_optimizer.apply(meta_grads, phi)
-        meta_loss = sum_across_replicas(meta_loss)  # the global batch's value, to report
-    return model._record_step(x, y, terms, logits, channel_weights, pair_weights, meta_loss)
+        return sum_across_replicas(meta_loss)  # the global batch's value, to report
+
+    meta_loss, meta_taken = None, None
+    if model.method.meta_learned and model.meta_every == 1:
+        meta_loss = meta_step()
+    elif model.method.meta_learned:  # only every meta_every-th iteration: one graph, a cond
+        if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            # The lookahead's cross-replica sums cannot sit inside tf.cond in a replica
+            # context (TensorFlow: "merge_call called while defining a new graph").
+            raise ValueError(
+                f"meta_every={model.meta_every} does not run under a multi-replica "
+                "tf.distribute strategy (its cross-replica sums cannot sit in a tf.cond); "
+                "use meta_every=1, one device, or JAX's keras.distribution.DataParallel.")
+        taken = tf.equal(tf.math.floormod(iteration, model.meta_every), 0)
+        meta_loss = tf.cond(taken, meta_step, lambda: tf.zeros([], model._loss_dtype))
+        meta_taken = tf.cast(taken, model._loss_dtype)
+    return model._record_step(x, y, terms, logits, channel_weights, pair_weights, meta_loss,
+                              meta_taken)
 
 
 def build_metrics(model, x, y) -> None:

@@ -110,11 +110,20 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             of a held-out meta split. With "held_out", `fit` takes elements
             `((x, y), (x_meta, y_meta))`, e.g. `tf.data.Dataset.zip((train, meta))`
             with `meta` repeating; the lookahead still trains on (x, y).
+        meta_every: k: the lookahead and meta step run on every k-th iteration (those
+            whose target-optimizer iteration count, before the step, is a multiple of
+            k), the others are the real step alone with phi fixed; 1 (the paper): every
+            iteration. Read from the optimizer's counter, so a resumed run,
+            `steps_per_execution` and JAX's `DataParallel` keep the schedule; one
+            compiled step holds both branches (a multi-replica `tf.distribute` strategy
+            refuses k > 1). `meta_ce` then averages the meta iterations only. Not in
+            the paper or the reference code.
         **kwargs: Standard `keras.Model` arguments (name, ...).
 
     Raises:
         ValueError: A layer name that is not in its network (the message lists the valid
-            ones), an unknown method, preset or meta objective, `lookahead_steps < 1`, a
+            ones), an unknown method, preset or meta objective, `lookahead_steps < 1` or
+            `meta_every < 1` (or above 1 for a method without meta-networks), a
             target without a (batch, classes) head or a fixed image size, a float16
             target, or LayerNormalization/GroupNormalization in the target on TensorFlow.
 
@@ -155,6 +164,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         distillation_temperature: float = 2.0,
         distillation_weight: float = 1.0,
         meta_objective: str = "train_batch",
+        meta_every: int = 1,
         **kwargs,
     ):
         step_module()  # refuses an unsupported backend before any work
@@ -173,6 +183,12 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             lookahead_steps, numbers.Integral
         ) or lookahead_steps < 1:
             raise ValueError(f"lookahead_steps must be an integer >= 1, got {lookahead_steps!r}.")
+        if isinstance(meta_every, bool) or not isinstance(meta_every, numbers.Integral) or (
+                meta_every < 1):
+            raise ValueError(f"meta_every must be an integer >= 1, got {meta_every!r}.")
+        if meta_every > 1 and not self.method.meta_learned:
+            raise ValueError(f"meta_every={meta_every} needs a method with meta-networks "
+                             f"(l2t_ww, l2t_w), not '{self.method.name}'.")
         # Losses, adapters and meta-networks run at the target variables' precision, even
         # when the networks compute in bfloat16.
         variables = target.trainable_variables
@@ -190,6 +206,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         self.distillation_temperature = distillation_temperature
         self.distillation_weight = distillation_weight
         self.meta_objective = meta_objective
+        self.meta_every = int(meta_every)
 
         source.trainable = False
         self.source = source
@@ -630,14 +647,18 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         return step_module().train_step(self, *args)
 
     def _record_step(self, x, y, terms: dict, logits, channel_weights: list,
-                     pair_weights: list, meta_loss) -> dict:
-        """Updates the loss, lambda, entropy and compiled metrics; returns the logs."""
+                     pair_weights: list, meta_loss, meta_taken=None) -> dict:
+        """Updates the loss, lambda, entropy and compiled metrics; returns the logs.
+
+        `meta_taken` (with `meta_every` > 1): 1 on an iteration with a meta step, 0 on
+        one without, whose `meta_loss` (0) the meta tracker then leaves out.
+        """
         self._loss_metric.update_state(sum(terms.values()))
         self._ce_tracker.update_state(terms["ce"])
         for name, tracker in self._term_trackers.items():
             tracker.update_state(terms[name])
         if meta_loss is not None:
-            self._meta_tracker.update_state(meta_loss)
+            self._meta_tracker.update_state(meta_loss, sample_weight=meta_taken)
         for tracker, lam in zip(self._pair_weight_trackers, pair_weights):
             tracker.update_state(lam)
         for tracker, w in zip(self._entropy_trackers, channel_weights):
@@ -719,6 +740,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             "distillation_temperature": self.distillation_temperature,
             "distillation_weight": self.distillation_weight,
             "meta_objective": self.meta_objective,
+            "meta_every": self.meta_every,
         }
 
     @classmethod

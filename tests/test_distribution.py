@@ -11,8 +11,10 @@ from toy_networks import conv_net, toy_batch, toy_transfer_model
 
 import keras_l2t
 
+VARIANTS = [("train_batch", 1), ("held_out", 1), ("train_batch", 2)]
 
-def _build(scope, weights=None, meta_objective="train_batch"):
+
+def _build(scope, weights=None, meta_objective="train_batch", meta_every=1):
     with scope():
         keras.utils.set_random_seed(4)
         # Regularizers too: the losses each replica's layers add must stay its own.
@@ -20,7 +22,7 @@ def _build(scope, weights=None, meta_objective="train_batch"):
         # The meta-optimizer is linear in its gradient (Adam's first steps see only its
         # sign) and the L2 on phi is large, so a wrong per-replica share of either shows.
         model = toy_transfer_model(seed=4, target=target, meta_weight_decay=1e-3,
-                                   meta_objective=meta_objective)
+                                   meta_objective=meta_objective, meta_every=meta_every)
         if weights is not None:
             model.set_weights(weights)
         model.compile(
@@ -37,13 +39,15 @@ def _state(model):
     return [v.numpy() for v in model.weights] + optimizer_state + meta_state
 
 
-def _check_two_devices_equal_one(scope, meta_objective="train_batch"):
-    """`scope()` enters the distribution; returns the distributed model."""
+def _check_two_devices_equal_one(scope, meta_objective="train_batch", meta_every=1):
+    """`scope()` enters the distribution; returns the distributed model. With
+    `meta_every=2` the second step is the real step alone (the meta step is in a cond)."""
     x, y = toy_batch(n=8, seed=5)
-    single = _build(contextlib.nullcontext, meta_objective=meta_objective)
+    single = _build(contextlib.nullcontext, meta_objective=meta_objective,
+                    meta_every=meta_every)
     initial = single.get_weights()
     initial_phi = [v.numpy() for v in single._phi_variables]
-    distributed = _build(scope, initial, meta_objective)
+    distributed = _build(scope, initial, meta_objective, meta_every)
     for model, model_scope in ((single, contextlib.nullcontext), (distributed, scope)):
         with model_scope():
             # Two steps, so the second lookahead starts from non-zero momentums.
@@ -58,6 +62,7 @@ def _check_two_devices_equal_one(scope, meta_objective="train_batch"):
     assert len(_state(single)) == len(_state(distributed))
     for a, b in zip(_state(single), _state(distributed)):
         np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-5)
+    assert int(distributed.meta_optimizer.iterations.numpy()) == 2 // meta_every
     return distributed
 
 
@@ -83,19 +88,29 @@ def mirrored_strategy():
 
 
 @tensorflow_only("tf.distribute")
-@pytest.mark.parametrize("meta_objective", ["train_batch", "held_out"])
-def test_mirrored_step_equals_single_device_step(mirrored_strategy, meta_objective):
-    model = _check_two_devices_equal_one(mirrored_strategy.scope, meta_objective)
+@pytest.mark.parametrize("meta_objective, meta_every", VARIANTS[:2])
+def test_mirrored_step_equals_single_device_step(mirrored_strategy, meta_objective,
+                                                 meta_every):
+    model = _check_two_devices_equal_one(mirrored_strategy.scope, meta_objective, meta_every)
     assert model.distribute_strategy.num_replicas_in_sync == 2
 
 
+@tensorflow_only("tf.distribute")
+def test_meta_every_under_mirrored_strategy_is_refused(mirrored_strategy):
+    model = _build(mirrored_strategy.scope, meta_every=2)
+    x, y = toy_batch(n=8, seed=5)
+    with mirrored_strategy.scope(), pytest.raises(
+            ValueError, match="meta_every=2 does not run under a multi-replica"):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+
+
 @pytest.mark.skipif(BACKEND != "jax", reason="JAX only: keras.distribution")
-@pytest.mark.parametrize("meta_objective", ["train_batch", "held_out"])
-def test_data_parallel_step_equals_single_device_step(meta_objective):
+@pytest.mark.parametrize("meta_objective, meta_every", VARIANTS)
+def test_data_parallel_step_equals_single_device_step(meta_objective, meta_every):
     devices = keras.distribution.list_devices("cpu")
     assert len(devices) == 2, "conftest.py must create two host devices (XLA_FLAGS)"
     distribution = keras.distribution.DataParallel(devices=devices)
-    model = _check_two_devices_equal_one(distribution.scope, meta_objective)
+    model = _check_two_devices_equal_one(distribution.scope, meta_objective, meta_every)
     kernel = model.target.get_layer("tgt_conv0").kernel.value
     assert len(kernel.sharding.device_set) == 2  # replicated on both devices
 

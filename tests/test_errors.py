@@ -89,6 +89,11 @@ def test_bad_method_pairs_and_compile_arguments(networks):
         keras_l2t.TransferModel(source, target, pairs=[])
     with pytest.raises(ValueError, match="lookahead_steps must be an integer >= 1, got 1.5"):
         keras_l2t.TransferModel(source, target, lookahead_steps=1.5)
+    with pytest.raises(ValueError, match="meta_every must be an integer >= 1, got 0"):
+        keras_l2t.TransferModel(source, target, meta_every=0)
+    with pytest.raises(ValueError, match="meta_every=4 needs a method with meta-networks "
+                                         r"\(l2t_ww, l2t_w\), not 'fm'"):
+        keras_l2t.TransferModel(source, target, method="fm", meta_every=4)
     with pytest.raises(ValueError, match="meta_objective must be one of train_batch, "
                                          "held_out, got 'validation'"):
         keras_l2t.TransferModel(source, target, pairs="all", source_layers=["src_block0"],

@@ -311,11 +311,13 @@ def test_an_interrupted_fit_keeps_the_steps_it_finished():
     assert model.optimizer.iterations.numpy() == 5
 
 
-def test_several_steps_per_execution_train_exactly_as_one():
+@pytest.mark.parametrize("meta_every", [1, 2])
+def test_several_steps_per_execution_train_exactly_as_one(meta_every):
     x, y = toy_batch(n=8)
     runs = []
     for steps in (1, 2):
-        model = _compile(toy_transfer_model(pairs="single"), steps_per_execution=steps)
+        model = _compile(toy_transfer_model(pairs="single", meta_every=meta_every),
+                         steps_per_execution=steps)
         history = model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0).history
         runs.append(([keras.ops.convert_to_numpy(v) for v in model.variables],
                      {key: values[-1] for key, values in history.items()}))
@@ -324,3 +326,71 @@ def test_several_steps_per_execution_train_exactly_as_one():
     for a, b in zip(one, two):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     assert one_logs == pytest.approx(two_logs, rel=1e-6)
+
+
+def _state(model) -> list:
+    """theta, BN statistics, momentums, iteration count, phi, the meta-optimizer's state."""
+    return [keras.ops.convert_to_numpy(v) for v in (
+        model._theta_variables + model._target_non_trainable_variables
+        + model.optimizer.variables + model._phi_variables + model.meta_optimizer.variables)]
+
+
+def _assert_same(a: list, b: list) -> None:
+    assert len(a) == len(b)
+    for first, second in zip(a, b):
+        np.testing.assert_allclose(first, second, rtol=1e-5, atol=1e-6)
+
+
+def test_meta_every_two_is_an_exact_iteration_then_a_real_step_alone():
+    batches = [toy_batch(n=8, seed=s) for s in (2, 4, 6)]
+    every_two = _compile(toy_transfer_model(seed=3, meta_every=2))
+    exact = _compile(toy_transfer_model(seed=3))
+    exact.set_weights(every_two.get_weights())
+    records = []
+    record = every_two._record_step
+    every_two._record_step = lambda *args: records.append(1) or record(*args)
+
+    every_two.train_on_batch(*batches[0])  # iteration 0: lookahead and meta step
+    traced = len(records)  # _record_step runs when the step is traced, not when it runs
+    exact.train_on_batch(*batches[0])
+    _assert_same(_state(every_two), _state(exact))
+    meta_state = [keras.ops.convert_to_numpy(v)
+                  for v in every_two._phi_variables + every_two.meta_optimizer.variables]
+
+    every_two.train_on_batch(*batches[1])  # iteration 1: the real step alone, phi fixed
+    _real_step_only(exact, *batches[1])
+    _assert_same(_state(every_two), _state(exact))
+    _assert_same([keras.ops.convert_to_numpy(v) for v in every_two._phi_variables
+                  + every_two.meta_optimizer.variables], meta_state)
+
+    every_two.train_on_batch(*batches[2])  # iteration 2: a meta step again
+    exact.train_on_batch(*batches[2])
+    _assert_same(_state(every_two), _state(exact))
+    assert int(every_two.meta_optimizer.iterations.numpy()) == 2
+    assert len(records) == traced  # one compiled step holds both branches: no retrace
+
+
+def test_meta_ce_averages_the_meta_iterations_only():
+    x, y = toy_batch(n=12, seed=7)
+    model = _compile(toy_transfer_model(seed=8, meta_every=2))
+    logs = model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0).history
+    assert float(model._meta_tracker.count.numpy()) == 2  # iterations 0 and 2 of 3
+    assert logs["meta_ce"][-1] > 0.5  # a cross-entropy, not diluted by the skipped one
+
+
+def test_a_resume_in_the_middle_of_a_meta_every_cycle_equals_the_uninterrupted_run(tmp_path):
+    batches = [toy_batch(n=8, seed=s) for s in (1, 3, 5, 7)]
+    whole = _compile(toy_transfer_model(seed=9, meta_every=3))
+    first = _compile(toy_transfer_model(seed=9, meta_every=3))
+    for x, y in batches:
+        whole.train_on_batch(x, y)
+    first.train_on_batch(*batches[0])
+    path = str(tmp_path / "state.weights.h5")
+    first.save_weights(path)  # after iteration 0 of the cycle 0, 1, 2
+    resumed = _compile(toy_transfer_model(seed=10, meta_every=3))
+    resumed.train_on_batch(*batches[0])  # builds both optimizers (then overwritten)
+    resumed.load_weights(path)
+    for x, y in batches[1:]:
+        resumed.train_on_batch(x, y)
+    _assert_same(_state(resumed), _state(whole))
+    assert int(whole.meta_optimizer.iterations.numpy()) == 2  # iterations 0 and 3

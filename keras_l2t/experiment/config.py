@@ -103,6 +103,9 @@ class ExperimentConfig:
                                   "and --samples_per_class) carved out as the meta split, "
                                   "e.g. 0.1; 0: the meta batches are another shuffled "
                                   "stream of the training images themselves.")
+    meta_every: int = _field(1, "Run the lookahead and meta step on every k-th iteration "
+                             "only (the others: the real step alone); 1, every iteration, is "
+                             "the paper. Needs --method=l2t_ww or l2t_w for k > 1.")
     # Optimisation.
     epochs: int = _field(200, "Training epochs.")
     batch_size: int | None = _field(None, "Global batch; the dataset's default (64 / 128).")

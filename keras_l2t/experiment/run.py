@@ -206,6 +206,7 @@ def build_transfer_model(config: ExperimentConfig, source: keras.Model,
     arguments = {name: getattr(config, name) for name in (
         "pair_weight_activation", "lookahead_steps", "meta_weight_decay", "attention_beta",
         "distillation_temperature", "distillation_weight", "beta", "meta_objective",
+        "meta_every",
     )}
     try:
         return TransferModel(source, target, method=config.method, **arguments, **kwargs)
@@ -861,6 +862,11 @@ def _run_transfer(config: ExperimentConfig, strategy: Strategy, callbacks: list)
         # epoch's pipeline, and so change the batches of a resumed run's first epoch.
         model.compute_metrics(sample[0], sample[1], model(sample[0]), sample_weight=None)
         model.reset_metrics()
+    if (config.meta_every > 1 and strategy.num_replicas_in_sync > 1
+            and keras.backend.backend() == "tensorflow"):
+        raise ExperimentError(
+            f"--meta_every={config.meta_every} does not run over several replicas on "
+            "TensorFlow; use KERAS_BACKEND=jax, one device, or --meta_every=1.")
     pretraining = (pretraining_data(config, strategy)
                    if needs_pretraining(config) else None)
     data_json = _check_same_data(config, data)
