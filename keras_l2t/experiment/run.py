@@ -846,6 +846,11 @@ def _run_transfer(config: ExperimentConfig, strategy: Strategy, callbacks: list)
     """Checks all a transfer run's input (data, networks, pairs, the data of a run to
     resume), then holds the work directory and trains (`_train_transfer`)."""
     chief = is_chief(strategy)
+    if (config.meta_every > 1 and strategy.num_replicas_in_sync > 1
+            and keras.backend.backend() == "tensorflow"):
+        raise ExperimentError(
+            f"--meta_every={config.meta_every} does not run over several replicas on "
+            "TensorFlow; use KERAS_BACKEND=jax, one device, or --meta_every=1.")
     data = load_data(config, num_replicas=strategy.num_replicas_in_sync)
     splits = data.splits
     total_steps = config.epochs * data.steps_per_epoch
@@ -862,11 +867,6 @@ def _run_transfer(config: ExperimentConfig, strategy: Strategy, callbacks: list)
         # epoch's pipeline, and so change the batches of a resumed run's first epoch.
         model.compute_metrics(sample[0], sample[1], model(sample[0]), sample_weight=None)
         model.reset_metrics()
-    if (config.meta_every > 1 and strategy.num_replicas_in_sync > 1
-            and keras.backend.backend() == "tensorflow"):
-        raise ExperimentError(
-            f"--meta_every={config.meta_every} does not run over several replicas on "
-            "TensorFlow; use KERAS_BACKEND=jax, one device, or --meta_every=1.")
     pretraining = (pretraining_data(config, strategy)
                    if needs_pretraining(config) else None)
     data_json = _check_same_data(config, data)

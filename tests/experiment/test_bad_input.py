@@ -8,6 +8,7 @@ import types
 
 import keras
 import pytest
+from backends import tensorflow_only
 from experiment_helpers import run_train, tiny_flags
 
 from keras_l2t.experiment import ExperimentConfig, ExperimentError, run_experiment, work_dir
@@ -58,6 +59,9 @@ def _config(work_dir, fashion_dir, source_file, **overrides) -> ExperimentConfig
          "--pair_weight_activation: Unknown pair weight activation 'bogus'. Choose one of "
          "('relu6', 'relu', 'relu_avg', 'constant')"),
         (dict(lookahead_steps=0), "--lookahead_steps: lookahead_steps must be an integer >= 1"),
+        (dict(meta_every=0), "--meta_every: meta_every must be an integer >= 1, got 0"),
+        (dict(method="fm", meta_every=2), "--meta_every: meta_every=2 needs a method with "
+         "meta-networks (l2t_ww, l2t_w), not 'fm'"),
         (dict(image_size=2, method="scratch"), "Network 'cnn_3_4' cannot take 2-px images"),
         (dict(image_size=16), "takes 8x8 images, not --image_size=16; pass --image_size=8"),
         (dict(source="cnn_4_6", source_pretrain_epochs=1, source_pretrain_indices="0:999"),
@@ -97,6 +101,19 @@ def test_a_folder_as_source_points_at_the_source_file_inside(tmp_path, fashion_d
     with pytest.raises(ExperimentError, match="is a folder, not a network: pass a .keras"):
         run_experiment(_config(tmp_path / "run", fashion_dir, source_file,
                                source=str(tmp_path)))
+    assert not (tmp_path / "run").exists()
+
+
+@tensorflow_only("JAX's DataParallel runs meta_every > 1")
+def test_meta_every_over_several_replicas_is_refused_on_tensorflow(tmp_path, fashion_dir,
+                                                                   source_file):
+    two_replicas = types.SimpleNamespace(num_replicas_in_sync=2)
+    with pytest.raises(ExperimentError) as error:
+        run_experiment(_config(tmp_path / "run", fashion_dir, source_file, meta_every=2),
+                       strategy=two_replicas)
+    assert str(error.value) == ("--meta_every=2 does not run over several replicas on "
+                                "TensorFlow; use KERAS_BACKEND=jax, one device, or "
+                                "--meta_every=1.")
     assert not (tmp_path / "run").exists()
 
 
