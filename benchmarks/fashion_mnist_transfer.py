@@ -207,19 +207,26 @@ def recorded_meta_optimizer(result: dict[str, Any]) -> str:
     return result.get("meta_optimizer") or meta_optimizer_of(result["method"], "keras_adam")
 
 
+def meta_every_of(recipe: Recipe, args: argparse.Namespace) -> int:
+    """--meta_every for a meta-learned recipe, 1 for the others."""
+    return args.meta_every if recipe.method in META_METHODS else 1
+
+
 def run_key(setting: str, recipe: str, seed: int, meta_learning_rate: float, steps: int,
             augmentation: str, beta: float, meta_optimizer: str,
-            meta_fraction: float | None, dtype_policy: str = "float32") -> tuple:
+            meta_fraction: float | None, dtype_policy: str = "float32",
+            meta_every: int = 1) -> tuple:
     """What identifies a run in results.json (a rerun skips a key already there)."""
     return (setting, recipe, seed, meta_learning_rate, steps, augmentation, beta,
-            meta_optimizer, meta_fraction, dtype_policy)
+            meta_optimizer, meta_fraction, dtype_policy, meta_every)
 
 
 def stored_key(result: dict[str, Any]) -> tuple:
     return run_key(result["setting"], recipe_of(result), result["seed"],
                    result["meta_learning_rate"], result["steps"], result["augmentation"],
                    result["beta"], recorded_meta_optimizer(result),
-                   result.get("meta_fraction"), result.get("dtype_policy", "float32"))
+                   result.get("meta_fraction"), result.get("dtype_policy", "float32"),
+                   result.get("meta_every", 1))
 
 
 def check_recipes(names: list[str]) -> None:
@@ -292,6 +299,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="Logging intervals per run (meta_ce etc. over training).")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--beta", type=float, default=2.0)
+    parser.add_argument("--meta_every", type=int, default=1,
+                        help="Meta-learned recipes: the lookahead and meta step on every "
+                             "k-th iteration only (TransferModel(meta_every=k)).")
     parser.add_argument("--dtype_policy", default="float32",
                         help="The target's, adapters' and meta-networks' Keras dtype policy "
                              "(e.g. mixed_bfloat16); the source stays float32.")
@@ -469,6 +479,8 @@ def run_one(args: argparse.Namespace, setting: str, recipe_name: str, seed: int,
                        else small_cnn_taps(SOURCE_NET))
         kwargs.update(pairs=pairs, source_layers=source_taps,
                       target_layers=small_cnn_taps(TARGET_NET))
+    if meta_every_of(recipe, args) > 1:
+        kwargs["meta_every"] = meta_every_of(recipe, args)
     model = TransferModel(source, target, method=method, beta=args.beta, **kwargs)
     chunk = max(1, args.steps // args.chunks)
     chunks = math.ceil(args.steps / chunk)
@@ -500,7 +512,7 @@ def run_one(args: argparse.Namespace, setting: str, recipe_name: str, seed: int,
         "num_pairs": len(model.pairs), "meta_learning_rate": meta_learning_rate,
         "steps": total_steps, "batch_size": args.batch_size, "beta": args.beta,
         "augmentation": args.augmentation, "tag": args.tag,
-        "dtype_policy": args.dtype_policy,
+        "dtype_policy": args.dtype_policy, "meta_every": meta_every_of(recipe, args),
         "meta_optimizer": meta_optimizer_of(method, args.meta_optimizer),
         "num_train": data.num_train, "num_test": data.num_test,
         "target_init_sha1": init_sha, "test_accuracy": test_accuracy,
@@ -722,7 +734,7 @@ def main(argv: list[str]) -> None:
                       args.augmentation, args.beta,
                       meta_optimizer_of(recipe.method, args.meta_optimizer),
                       args.meta_fraction if recipe.meta_data == CARVE else None,
-                      args.dtype_policy)
+                      args.dtype_policy, meta_every_of(recipe, args))
         if key in done:
             continue
         source_name = SETTINGS[setting][0]
