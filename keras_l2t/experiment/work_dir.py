@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -28,6 +27,11 @@ import tempfile
 import warnings
 
 import tensorflow as tf
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None
 
 from keras_l2t import source_pretraining
 from keras_l2t.experiment.errors import ExperimentError, OutputError
@@ -152,6 +156,8 @@ def locked(work_dir: str):
         handle = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
+            if fcntl is None:
+                raise OSError(0, "no flock on this platform")
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(handle, 32, 0).decode(errors="replace").strip() or "unknown"
