@@ -119,3 +119,10 @@ def test_the_lock_refuses_a_second_holder_and_clears_interrupted_writes(tmp_path
             pass
     with work_dir.locked(str(work)):  # released on exit
         pass
+
+
+def test_without_locks_the_run_warns_and_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(work_dir, "fcntl", None)  # as on Windows
+    unlocked = "Cannot lock .*make sure no other run writes"
+    with pytest.warns(UserWarning, match=unlocked), work_dir.locked(str(tmp_path / "run")):
+        assert (tmp_path / "run" / ".lock").exists()
