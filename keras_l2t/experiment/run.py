@@ -537,19 +537,17 @@ class EpochLog:
             except OSError:
                 f.truncate(size)  # no half row for the resumed run to read
                 raise
-        with work_dir.writing(self.tensorboard_dir):
-            with self.writer.as_default(step=epoch):
-                for key, value in logs.items():
-                    tf.summary.write(key, tf.constant(value, tf.float32), metadata=_SCALAR)
+        with work_dir.writing(self.tensorboard_dir), self.writer.as_default(step=epoch):
+            for key, value in logs.items():
+                tf.summary.write(key, tf.constant(value, tf.float32), metadata=_SCALAR)
             self.writer.flush()
 
     def write_image(self, epoch: int, name: str, png: bytes) -> None:
         """Records a PNG image under `name` at epoch `epoch` (0-based) in TensorBoard."""
         shape = tf.shape(tf.io.decode_png(png))
         value = tf.stack([tf.as_string(shape[1]), tf.as_string(shape[0]), tf.constant(png)])
-        with work_dir.writing(self.tensorboard_dir):
-            with self.writer.as_default(step=epoch):
-                tf.summary.write(name, value, metadata=_IMAGE)
+        with work_dir.writing(self.tensorboard_dir), self.writer.as_default(step=epoch):
+            tf.summary.write(name, value, metadata=_IMAGE)
             self.writer.flush()
 
     def read(self) -> dict[str, list[float]]:
@@ -871,11 +869,12 @@ def _run_transfer(config: ExperimentConfig, strategy: Strategy, callbacks: list)
                    if needs_pretraining(config) else None)
     data_json = _check_same_data(config, data)
     # --- Every check passed: from here on the work directory is written. ---
-    if not chief:  # a multi-worker run's other workers write to scratch directories
-        os.makedirs(config.work_dir, exist_ok=True)
-        return _train_transfer(config, strategy, callbacks, data, model, sample, pretraining)
-    with work_dir.locked(config.work_dir):
-        _start_writing(config, data_json)
+    # Only the chief writes the work directory; other workers write to scratch folders.
+    with work_dir.locked(config.work_dir) if chief else contextlib.nullcontext():
+        if chief:
+            _start_writing(config, data_json)
+        else:
+            os.makedirs(config.work_dir, exist_ok=True)
         return _train_transfer(config, strategy, callbacks, data, model, sample, pretraining)
 
 
