@@ -64,7 +64,8 @@ def train_step(model, state, data):
         source = model._source_outputs(x)  # the only source forward of this batch
         learning_rate = ops.convert_to_tensor(model.optimizer.learning_rate)  # alpha
         channel_weights, pair_weights = model._transfer_weights(source)
-    iteration = values.get([model.optimizer.iterations])[0]  # before 1., for meta_every
+    iteration = values.get([model.optimizer.iterations])[0]  # before 1.
+    betas = model._betas(iteration)  # the loss weights (scheduled or not) of this iteration
     fixed = (
         [ops.stop_gradient(w) for w in channel_weights],
         [ops.stop_gradient(p) for p in pair_weights],
@@ -78,7 +79,7 @@ def train_step(model, state, data):
 
     def real_loss(theta):
         with values.scope(theta_variables, theta) as scope:
-            loss, terms, logits = model._real_step_loss(x, y, source, *fixed, batch)
+            loss, terms, logits = model._real_step_loss(x, y, source, *fixed, betas, batch)
         new_state = [scope.get_current_value(v) for v in state_variables]
         return loss, (terms, logits, new_state)
 
@@ -98,7 +99,7 @@ def train_step(model, state, data):
         # 2. Lookahead and 3. meta-gradient, from theta_{t+1}.
         meta = _meta_batch(model, x, x_meta, y_meta, batch)
         meta_loss, meta_grads = _meta_gradient(model, values, x, y, source, learning_rate,
-                                               batch, meta)
+                                               betas, batch, meta)
         # 4. Meta step: phi <- phi - eta * (dL_org(theta_{T+1})/dphi + wd * phi), through
         #    the meta-optimizer.
         meta_grads = [g + model.meta_weight_decay * p for g, p in zip(meta_grads, phi)]
@@ -174,9 +175,10 @@ def meta_gradient(model, x, y, x_meta, y_meta, second_order=True):
             with values.scope():
                 source = model._source_outputs(x)
                 learning_rate = ops.convert_to_tensor(model.optimizer.learning_rate)
+            betas = model._betas(values.get([model.optimizer.iterations])[0])
             meta = _meta_batch(model, x, x_meta, y_meta, batch)
-            return _meta_gradient(model, values, x, y, source, learning_rate, batch, meta,
-                                  second_order)
+            return _meta_gradient(model, values, x, y, source, learning_rate, betas, batch,
+                                  meta, second_order)
 
         compiled[key] = jax.jit(pure)
     return compiled[key]([v.value for v in variables], x, y, x_meta, y_meta)
@@ -188,7 +190,7 @@ def _meta_batch(model, x, x_meta, y_meta, batch) -> tuple:
     return x_meta, y_meta, size
 
 
-def _meta_gradient(model, values, x, y, source, learning_rate, batch, meta,
+def _meta_gradient(model, values, x, y, source, learning_rate, betas, batch, meta,
                    second_order=True):
     """Blocks 2-3: d L_org(theta_{T+1}) / d phi from the theta, momentums and statistics in
     `values`. The lookahead trains on (x, y); L_org(theta_{T+1}) is computed on `meta`,
@@ -208,7 +210,8 @@ def _meta_gradient(model, values, x, y, source, learning_rate, batch, meta,
     def lookahead_loss(phi):
         with values.scope(phi_variables, phi):
             weights = model._transfer_weights(source)  # phi enters here, once
-        objectives = model._lookahead_objectives(x, y, source, weights, non_trainable, batch)
+        objectives = model._lookahead_objectives(x, y, source, weights, betas, non_trainable,
+                                                 batch)
         # 2. Lookahead, on values, from theta_0 = theta_{t+1}: for k = 0..T,
         #    theta_{k+1} = theta_k - alpha * dL_k(theta_k)/dtheta with L_k = L_wfm for
         #    k < T and L_org for k = T, each step the optimizer's own update.

@@ -40,7 +40,8 @@ def train_step(model, data) -> dict:
     batch = global_batch_size(x, model._loss_dtype)
     source = model._source_outputs(x)  # the only source forward of this batch
     learning_rate = tf.convert_to_tensor(model.optimizer.learning_rate)  # alpha, before 1.
-    iteration = tf.convert_to_tensor(model.optimizer.iterations)  # before 1., for meta_every
+    iteration = tf.convert_to_tensor(model.optimizer.iterations)  # before 1.
+    betas = model._betas(iteration)  # the loss weights (scheduled or not) of this iteration
     channel_weights, pair_weights = model._transfer_weights(source)
     fixed = (
         [tf.stop_gradient(w) for w in channel_weights],
@@ -51,13 +52,14 @@ def train_step(model, data) -> dict:
     #    theta_{t+1} = theta_t - alpha * dL_total/dtheta; the BN statistics update here.
     theta = model._theta_variables
     with tf.GradientTape() as tape:
-        loss, terms, logits = model._real_step_loss(x, y, source, *fixed, batch)
+        loss, terms, logits = model._real_step_loss(x, y, source, *fixed, betas, batch)
     model.optimizer.apply(tape.gradient(loss, theta), theta)
 
     def meta_step():
         # 2. Lookahead and 3. meta-gradient, from theta_{t+1}.
         meta = _meta_batch(model, x, x_meta, y_meta, batch)
-        meta_loss, meta_grads = _meta_gradient(model, x, y, source, learning_rate, batch, meta)
+        meta_loss, meta_grads = _meta_gradient(model, x, y, source, learning_rate, betas,
+                                               batch, meta)
         # 4. Meta step: phi <- phi - eta * (dL_org(theta_{T+1})/dphi + wd * phi), through
         #    the meta-optimizer (which sums the replicas' gradients: each adds its share).
         decay = model.meta_weight_decay / tf.distribute.get_strategy().num_replicas_in_sync
@@ -101,9 +103,8 @@ def meta_gradient(model, x, y, x_meta, y_meta, second_order=True):
     batch = global_batch_size(x, model._loss_dtype)
     learning_rate = tf.convert_to_tensor(model.optimizer.learning_rate)
     meta = _meta_batch(model, x, x_meta, y_meta, batch)
-    return _meta_gradient(
-        model, x, y, model._source_outputs(x), learning_rate, batch, meta, second_order
-    )
+    return _meta_gradient(model, x, y, model._source_outputs(x), learning_rate,
+                          model._betas(), batch, meta, second_order)
 
 
 def _meta_batch(model, x, x_meta, y_meta, batch) -> tuple:
@@ -112,7 +113,8 @@ def _meta_batch(model, x, x_meta, y_meta, batch) -> tuple:
     return x_meta, y_meta, size
 
 
-def _meta_gradient(model, x, y, source, learning_rate, batch, meta, second_order=True):
+def _meta_gradient(model, x, y, source, learning_rate, betas, batch, meta,
+                   second_order=True):
     """Blocks 2-3: d L_org(theta_{T+1}) / d phi from the current theta and momentums.
 
     The lookahead trains on (x, y); L_org(theta_{T+1}) is computed on `meta`, the
@@ -130,7 +132,8 @@ def _meta_gradient(model, x, y, source, learning_rate, batch, meta, second_order
     non_trainable = [tf.convert_to_tensor(v) for v in model._target_non_trainable_variables]
     with tf.GradientTape() as meta_tape:
         weights = model._transfer_weights(source)  # phi enters here, once
-        objectives = model._lookahead_objectives(x, y, source, weights, non_trainable, batch)
+        objectives = model._lookahead_objectives(x, y, source, weights, betas, non_trainable,
+                                                 batch)
         # 2. Lookahead, on tensors, from theta_0 = theta_{t+1}: for k = 0..T,
         #    theta_{k+1} = theta_k - alpha * dL_k(theta_k)/dtheta with L_k = L_wfm for
         #    k < T and L_org for k = T, each step the optimizer's own update.

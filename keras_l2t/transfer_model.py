@@ -96,13 +96,17 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             "fm" (uniform weights, no meta step), "at", "lwf", "lwf_at" or "scratch".
         source_layers: Source layer names for the pair presets.
         target_layers: Target layer names for the pair presets.
-        beta: Weight of the feature-matching loss (0.5 in the paper).
+        beta: Weight of the feature-matching loss (0.5 in the paper): a number, or a
+            `keras.optimizers.schedules.LearningRateSchedule` of the target optimizer's
+            iteration count, e.g. `CosineDecay(0.5, total_steps)` to fade transfer out
+            as training ends (a schedule is not in the paper or the reference code).
         lookahead_steps: T, the lookahead steps on the matching loss (2 in the paper).
         pair_weight_activation: Output type of the "where" network, see `PairWeight`.
         meta_weight_decay: L2 penalty added to the meta-gradient, as the reference's
             `torch.optim.Adam(weight_decay=1e-4)` (coupled, unlike Keras' AdamW-style
             `weight_decay`).
-        attention_beta: Weight of the attention-transfer loss (1000, as AT).
+        attention_beta: Weight of the attention-transfer loss (1000, as AT); a number
+            or a schedule, as `beta`.
         distillation_temperature: LwF's softening temperature (2, as LwF).
         distillation_weight: Weight of LwF's distillation loss (1, as LwF).
         meta_objective: The batch the meta objective L_org(theta_{T+1}) is computed on:
@@ -183,6 +187,13 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             lookahead_steps, numbers.Integral
         ) or lookahead_steps < 1:
             raise ValueError(f"lookahead_steps must be an integer >= 1, got {lookahead_steps!r}.")
+        for name, value in (("beta", beta), ("attention_beta", attention_beta)):
+            if isinstance(value, bool) or not isinstance(
+                value, numbers.Real | keras.optimizers.schedules.LearningRateSchedule
+            ):
+                raise ValueError(
+                    f"{name} must be a number or a keras.optimizers.schedules."
+                    f"LearningRateSchedule (e.g. CosineDecay), got {value!r}.")
         if isinstance(meta_every, bool) or not isinstance(meta_every, numbers.Integral) or (
                 meta_every < 1):
             raise ValueError(f"meta_every must be an integer >= 1, got {meta_every!r}.")
@@ -513,25 +524,40 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         """Per-example cross-entropy of the target's outputs."""
         return losses.cross_entropy(y, logits, from_logits=self._from_logits)
 
+    def _betas(self, iteration=None) -> tuple:
+        """(beta, attention_beta) at the target optimizer's `iteration` (its count before
+        the step; None reads the optimizer): the numbers given, or their schedules' values.
+        """
+        values = []
+        for value in (self.beta, self.attention_beta):
+            if isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
+                step = self.optimizer.iterations if iteration is None else iteration
+                value = ops.cast(value(step), self._loss_dtype)
+            values.append(value)
+        return tuple(values)
+
     def _loss_terms(self, y, target: TargetOutputs, source: SourceOutputs,
-                    channel_weights: list, pair_weights: list) -> dict:
+                    channel_weights: list, pair_weights: list, betas: tuple | None = None
+                    ) -> dict:
         """Per-example loss terms of the method: "ce", and "matching" (L_wfm summed over
         pairs), "attention" and "distillation" where the method uses them, and
-        "regularization" where the target has its own losses (see `_regularization`)."""
+        "regularization" where the target has its own losses (see `_regularization`).
+        `betas` is `_betas()` at the step's iteration (None: at the optimizer's)."""
+        beta, attention_beta = self._betas() if betas is None else betas
         ce = self._cross_entropy(y, target.logits)
         terms = {"ce": ce}
         if target.regularization is not None:
             terms["regularization"] = self._regularization(target, ce)
         if self.method.matches_features:
             terms["matching"] = sum(
-                (losses.weighted_feature_matching(s, t, w, lam, self.beta)
+                (losses.weighted_feature_matching(s, t, w, lam, beta)
                  for s, t, w, lam in zip(source.maps, target.adapted, channel_weights,
                                          pair_weights)),
                 ops.zeros_like(ce),
             )
         if self.method.matches_attention:
             terms["attention"] = sum(
-                (losses.attention_transfer(s, ops.cast(t, self._loss_dtype), self.attention_beta)
+                (losses.attention_transfer(s, ops.cast(t, self._loss_dtype), attention_beta)
                  for s, t in zip(source.maps, target.maps)),
                 ops.zeros_like(ce),
             )
@@ -554,7 +580,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         return ops.zeros_like(per_example) + target.regularization
 
     def _real_step_loss(self, x, y, source: SourceOutputs, channel_weights: list,
-                        pair_weights: list, batch):
+                        pair_weights: list, betas: tuple, batch):
         """The real step's objective: all of the method's terms, with the target's
         variables (so a training-mode forward updates the batch-norm statistics).
 
@@ -562,17 +588,18 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             (summed loss / `batch`, per-example terms, target logits).
         """
         target = self._target_outputs(x)
-        terms = self._loss_terms(y, target, source, channel_weights, pair_weights)
+        terms = self._loss_terms(y, target, source, channel_weights, pair_weights, betas)
         return ops.sum(sum(terms.values())) / batch, terms, target.logits
 
     def _matching_objective(self, params, x, y, source: SourceOutputs, weights: tuple,
-                            non_trainable, batch):
+                            betas: tuple, non_trainable, batch):
         """L_wfm(theta) of one lookahead step, at `params` (values of `_theta_variables`).
 
-        `weights` is (channel weights, pair weights) from phi, computed once per meta step.
+        `weights` is (channel weights, pair weights) from phi, computed once per meta step;
+        `betas` those of the real step.
         """
         target = self._target_outputs(x, params, non_trainable)
-        terms = self._loss_terms(y, target, source, *weights)
+        terms = self._loss_terms(y, target, source, *weights, betas)
         return ops.sum(terms["matching"] + terms.get("regularization", 0.0)) / batch
 
     def _classification_objective(self, params, x, y, non_trainable, batch):
@@ -584,11 +611,12 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         return ops.sum(ce) / batch
 
     def _lookahead_objectives(self, x, y, source: SourceOutputs, weights: tuple,
-                              non_trainable, batch) -> list:
+                              betas: tuple, non_trainable, batch) -> list:
         """The lookahead's T steps on L_wfm, then one on L_org, as functions of theta."""
 
         def matching(params):
-            return self._matching_objective(params, x, y, source, weights, non_trainable, batch)
+            return self._matching_objective(params, x, y, source, weights, betas,
+                                            non_trainable, batch)
 
         def classification(params):
             return self._classification_objective(params, x, y, non_trainable, batch)
@@ -732,11 +760,11 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             "target": keras.saving.serialize_keras_object(self.target),
             "pairs": [list(pair) for pair in self.pairs] or None,
             "method": self.method.name,
-            "beta": self.beta,
+            "beta": _serialize_strength(self.beta),
             "lookahead_steps": self.lookahead_steps,
             "pair_weight_activation": self.pair_weight_activation,
             "meta_weight_decay": self.meta_weight_decay,
-            "attention_beta": self.attention_beta,
+            "attention_beta": _serialize_strength(self.attention_beta),
             "distillation_temperature": self.distillation_temperature,
             "distillation_weight": self.distillation_weight,
             "meta_objective": self.meta_objective,
@@ -748,7 +776,17 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         config = dict(config)
         for key in ("source", "target"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
+        for key in ("beta", "attention_beta"):
+            if isinstance(config.get(key), dict):  # a schedule
+                config[key] = keras.optimizers.schedules.deserialize(config[key])
         return cls(**config)
+
+
+def _serialize_strength(value):
+    """A loss weight for the config: the number, or the schedule's config."""
+    if isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
+        return keras.optimizers.schedules.serialize(value)
+    return value
 
 
 def _refuse_loss_scaling(argument: str, optimizer: keras.optimizers.Optimizer) -> None:

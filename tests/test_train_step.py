@@ -252,7 +252,7 @@ def test_the_targets_own_losses_join_every_lookahead_objective_at_its_point():
         objectives.append([
             float(objective(params))
             for objective in model._lookahead_objectives(
-                x, y, source, model._transfer_weights(source), state, 8.0)
+                x, y, source, model._transfer_weights(source), model._betas(), state, 8.0)
         ])
     assert len(kernels) == 2 and len(objectives[0]) == 3  # T = 2 matching steps, then L_org
     np.testing.assert_allclose(np.subtract(objectives[1], objectives[0]), expected, rtol=1e-4)
