@@ -19,6 +19,7 @@ MODES = ("transfer", "pretrain_source")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PROGRESS = ("auto", "bar", "line")
 LR_SCHEDULES = ("cosine", "constant")
+BETA_SCHEDULES = ("constant", "cosine")
 
 # Fields that may change between a run and its resume without changing the experiment.
 RUNTIME_FIELDS = frozenset(
@@ -64,8 +65,10 @@ class ExperimentConfig:
     val_fraction: float = _field(0.1, "Class-balanced fraction of train held out as val.")
     split_seed: int = _field(0, "Seed of the validation carve and samples_per_class.")
     # Source.
-    source: str | None = _field(None, "ImageNet source (resnet50_imagenet, ...), a network "
-                                "name, or a .keras file. Unused by --method=scratch.")
+    source: str | None = _field(None, "A keras-hub preset (hub:hf://timm/resnet34.tv_in1k, "
+                                "hub:<folder>, ...), an ImageNet source (resnet50_imagenet, "
+                                "...), a network name, or a .keras file. Unused by "
+                                "--method=scratch.")
     source_weights: str | None = _field(None, "Local weights file for --source.")
     source_num_classes: int | None = _field(None, "Classes of a network-name source's head.")
     source_layers: list[str] | None = _field(None, "Source tap layers; default its stages.")
@@ -86,6 +89,9 @@ class ExperimentConfig:
     method: str = _field("l2t_ww", "scratch, lwf, at, lwf_at, fm, l2t_w or l2t_ww "
                          "(keras_l2t.methods.METHODS).")
     beta: float = _field(0.5, "Weight of the feature-matching loss.")
+    beta_schedule: str = _field("constant", "constant (the paper) or cosine: --beta and "
+                                "--attention_beta decay to 0 over the run with a per-step "
+                                "cosine, as the learning rate.")
     lookahead_steps: int = _field(2, "T, lookahead steps on the matching loss.")
     pair_weight_activation: str = _field("relu6", "Output of the 'where' network: relu6, relu, "
                                          "relu_avg or constant.")
@@ -143,6 +149,7 @@ class ExperimentConfig:
         _one_of("strategy", self.strategy, STRATEGIES)
         _one_of("progress", self.progress, PROGRESS)
         _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _one_of("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
         from keras_l2t.transfer_model import META_OBJECTIVES
 
         _one_of("meta_objective", self.meta_objective, META_OBJECTIVES)
@@ -197,7 +204,8 @@ class ExperimentConfig:
         self.pair_list()
         if self.mode == "transfer" and self.method != "scratch" and not self.source:
             raise ExperimentError(
-                f"--method={self.method} needs --source (an ImageNet source such as "
+                f"--method={self.method} needs --source (a keras-hub preset such as "
+                "hub:hf://timm/resnet34.tv_in1k, an ImageNet source such as "
                 "resnet50_imagenet, a network name, or a .keras file); or use "
                 "--method=scratch."
             )

@@ -127,7 +127,8 @@ def build_source(config: ExperimentConfig, num_classes: int, image_size: int) ->
 
     Raises:
         ExperimentError: for an unknown source or a missing file.
-        keras_l2t.sources.SourceWeightsUnavailable: when ImageNet weights cannot be fetched.
+        keras_l2t.sources.SourceWeightsUnavailable: when ImageNet weights or a keras-hub
+            preset cannot be fetched.
     """
     shape = (image_size, image_size, 3)
     if config.method == "scratch":
@@ -161,16 +162,22 @@ def build_source(config: ExperimentConfig, num_classes: int, image_size: int) ->
             )
         if os.path.isdir(name):
             inside = os.path.join(name, SOURCE_FILE_NAME)
+            preset = os.path.exists(os.path.join(name, "config.json"))
             raise ExperimentError(
                 f"--source={name} is a folder; pass --source={inside}" if os.path.exists(inside)
-                else f"--source={name} is a folder, not a network: pass a .keras file or "
-                f"one of {sorted(sources.IMAGENET_SOURCES)}, {NETWORK_HELP}."
+                else f"--source={name} is a keras-hub preset folder; pass "
+                f"--source={sources.HUB_PREFIX}{name}" if preset
+                else f"--source={name} is a folder, not a network: pass a .keras file, "
+                f"{sources.HUB_PREFIX}<keras-hub preset> or one of "
+                f"{sorted(sources.IMAGENET_SOURCES)}, {NETWORK_HELP}."
             )
-        known = name in sources.IMAGENET_SOURCES or name in networks.NETWORKS
+        known = (name in sources.IMAGENET_SOURCES or name in networks.NETWORKS
+                 or name.startswith(sources.HUB_PREFIX))
         if not (known or name.endswith(".keras")):
             raise ExperimentError(
-                f"Unknown source '{name}'; use one of {sorted(sources.IMAGENET_SOURCES)}, "
-                f"{NETWORK_HELP}."
+                f"Unknown source '{name}'; use {sources.HUB_PREFIX}<keras-hub preset> (e.g. "
+                f"{sources.HUB_PREFIX}hf://timm/resnet34.tv_in1k) or one of "
+                f"{sorted(sources.IMAGENET_SOURCES)}, {NETWORK_HELP}."
             )
         try:
             model = sources.load_source(
@@ -188,8 +195,9 @@ def build_source(config: ExperimentConfig, num_classes: int, image_size: int) ->
 
 
 def build_transfer_model(config: ExperimentConfig, source: keras.Model,
-                         target: keras.Model) -> TransferModel:
-    """The `TransferModel` of the config; the library checks the values.
+                         target: keras.Model, total_steps: int) -> TransferModel:
+    """The `TransferModel` of the config; the library checks the values. `total_steps`
+    sizes the cosine of `--beta_schedule=cosine`.
 
     Raises:
         ExperimentError: for unknown layer names or pairs, or an argument the
@@ -208,6 +216,10 @@ def build_transfer_model(config: ExperimentConfig, source: keras.Model,
         "distillation_temperature", "distillation_weight", "beta", "meta_objective",
         "meta_every",
     )}
+    if config.beta_schedule == "cosine":  # per step, so a checkpoint restores its position
+        for name in ("beta", "attention_beta"):
+            arguments[name] = keras.optimizers.schedules.CosineDecay(
+                arguments[name], total_steps, alpha=0.0)
     try:
         return TransferModel(source, target, method=config.method, **arguments, **kwargs)
     except LayerNameError as error:
@@ -859,7 +871,7 @@ def _run_transfer(config: ExperimentConfig, strategy: Strategy, callbacks: list)
     with strategy.scope():
         target = build_network(config.target, splits.num_classes, splits.image_size)
         source = build_source(config, splits.num_classes, splits.image_size)
-        model = build_transfer_model(config, source, target)
+        model = build_transfer_model(config, source, target, total_steps)
         compile_model(model, config, total_steps)
         # Built now, `fit` builds nothing: on JAX its build would draw a batch of the
         # epoch's pipeline, and so change the batches of a resumed run's first epoch.

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import keras
 import pytest
+from toy_networks import conv_net
 
 from keras_l2t.experiment import ExperimentConfig, ExperimentError
 from keras_l2t.experiment.config import parse_range
 from keras_l2t.experiment.data import epoch_seed
+from keras_l2t.experiment.run import build_transfer_model
 
 
 def _config(**overrides) -> ExperimentConfig:
@@ -48,3 +51,16 @@ def test_epoch_seeds_differ_per_epoch_and_seed_and_repeat():
     seeds = {epoch_seed(seed, epoch) for seed in range(5) for epoch in range(200)}
     assert len(seeds) == 1000
     assert epoch_seed(3, 17) == epoch_seed(3, 17)
+
+
+def test_beta_schedule_cosine_decays_both_betas_over_the_run():
+    layers = dict(source_layers=["s_block0", "s_block1"], target_layers=["t_block0"])
+    source, target = conv_net("s", [3, 4], 5), conv_net("t", [2], 3)
+    constant = build_transfer_model(_config(beta=0.5, **layers), source, target, 40)
+    assert constant.beta == 0.5 and constant.attention_beta == 1000.0
+    model = build_transfer_model(
+        _config(beta=0.5, beta_schedule="cosine", **layers), source, target, 40)
+    for schedule, start in ((model.beta, 0.5), (model.attention_beta, 1000.0)):
+        assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
+        values = [float(schedule(step)) for step in (0, 20, 40)]
+        assert values == pytest.approx([start, start / 2, 0.0], abs=1e-5 * start)
