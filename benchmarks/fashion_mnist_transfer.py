@@ -75,25 +75,28 @@ repeated over RGB, ImageNet mean/std as the source was trained with):
 
 Methods: scratch, fm (single pair), at (one-to-one), l2t_w (one-to-one), l2t_ww
 (all-to-all, 3 x 3 pairs). Each row of the table is a recipe (`RECIPES`, the names that
-`--methods` takes): a method with its pairs, extra `TransferModel` arguments and the data
-its meta objective is computed on. The five methods are plain recipes of the same name;
-`l2t_ww_held_out` and `l2t_ww_held_out_train` compute L2T-ww's meta objective on a
-separate meta batch (`TransferModel(meta_objective="held_out")`, elements
-`((x, y), (x_meta, y_meta))`): the first carves `--meta_fraction` of each class's N
-images off as meta images (at least 1 per class; the real steps never train on them), the
-second draws its meta batches from a second shuffled, augmented stream of the same N
-images (another seed). The paper's networks are scaled down: ResNet-32 source ->
-3-stage VGG-style `cnn_32_64_128`, VGG-9 target -> 3-stage `cnn_16_32_64`; taps are the
-stage outputs (after ReLU, before the max-pool). Everything else is the paper's 32-px
-recipe (pad 4 + random crop 32 + flip, CoupledSGD lr 0.1 momentum 0.9 weight decay 1e-4
-with cosine decay to 0, Adam 1e-4 (TorchAdam) for the meta-networks, T = 2), except
-beta = 2.0 (as the demo, for short runs) and a fixed number of steps instead of 200
-epochs. A seed fixes the target images, their batch order and augmentation, and the
-target's initial weights, identically for every method. Test accuracy is taken at the
-end of training (no validation set is held out). Results of every run are appended to
-`<work_dir>/results.json`; a rerun skips the runs already there (a run is identified by
-its setting, recipe, seed and training knobs; runs stored before recipes existed count
-as their method's plain recipe).
+`--methods` takes): a method with its pairs, extra `TransferModel` arguments and the
+data its meta objective is computed on. The five methods are plain recipes of the same
+name; `l2t_ww_held_out` and `l2t_ww_held_out_train` compute L2T-ww's meta objective on a
+separate meta batch (`TransferModel(meta_objective="held_out")`, elements `((x, y),
+(x_meta, y_meta))`): the first carves `--meta_fraction` of each class's N images off as
+meta images (at least 1 per class; the real steps never train on them), the second draws
+its meta batches from a second shuffled, augmented stream of the same N images (another
+seed). Recipes ending in `_beta_cosine` weigh their transfer loss (beta, or
+attention_beta for at) with a per-step cosine from its value to 0 over the run
+(`TransferModel(beta=CosineDecay(...))`, train.py's `--beta_schedule=cosine`), so the
+target trains on its own loss alone at the end. The paper's networks are scaled down:
+ResNet-32 source -> 3-stage VGG-style `cnn_32_64_128`, VGG-9 target -> 3-stage
+`cnn_16_32_64`; taps are the stage outputs (after ReLU, before the max-pool). Everything
+else is the paper's 32-px recipe (pad 4 + random crop 32 + flip, CoupledSGD lr 0.1
+momentum 0.9 weight decay 1e-4 with cosine decay to 0, Adam 1e-4 (TorchAdam) for the
+meta-networks, T = 2), except beta = 2.0 (as the demo, for short runs) and a fixed
+number of steps instead of 200 epochs. A seed fixes the target images, their batch order
+and augmentation, and the target's initial weights, identically for every method. Test
+accuracy is taken at the end of training (no validation set is held out). Results of
+every run are appended to `<work_dir>/results.json`; a rerun skips the runs already
+there (a run is identified by its setting, recipe, seed and training knobs; runs stored
+before recipes existed count as their method's plain recipe).
 
 The summary prints, per setting, a table against scratch, then one line per setting:
 every row's paired difference to the better of the fm and at baselines (by mean), and
@@ -177,18 +180,25 @@ class Recipe:
         model_kwargs: extra `TransferModel` arguments.
         meta_data: TRAIN_BATCH, CARVE or STREAM (the last two need
             `model_kwargs["meta_objective"] == "held_out"`).
+        beta_schedule: "constant" (the paper) or "cosine" (beta and attention_beta
+            decay to 0 over the run).
     """
 
     method: str
     pairs: str | None
     model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     meta_data: str = TRAIN_BATCH
+    beta_schedule: str = "constant"
 
 
 RECIPES: dict[str, Recipe] = {
     **{method: Recipe(method, pairs) for method, pairs in METHOD_PAIRS.items()},
     "l2t_ww_held_out": Recipe("l2t_ww", "all", {"meta_objective": "held_out"}, CARVE),
     "l2t_ww_held_out_train": Recipe("l2t_ww", "all", {"meta_objective": "held_out"}, STREAM),
+    **{f"{method}_beta_cosine": Recipe(method, METHOD_PAIRS[method], beta_schedule="cosine")
+       for method in ("fm", "at", "l2t_ww")},
+    "l2t_ww_held_out_beta_cosine": Recipe("l2t_ww", "all", {"meta_objective": "held_out"},
+                                          CARVE, beta_schedule="cosine"),
 }
 
 
@@ -481,10 +491,16 @@ def run_one(args: argparse.Namespace, setting: str, recipe_name: str, seed: int,
                       target_layers=small_cnn_taps(TARGET_NET))
     if meta_every_of(recipe, args) > 1:
         kwargs["meta_every"] = meta_every_of(recipe, args)
-    model = TransferModel(source, target, method=method, beta=args.beta, **kwargs)
     chunk = max(1, args.steps // args.chunks)
     chunks = math.ceil(args.steps / chunk)
     total_steps = chunk * chunks
+    beta: Any = args.beta
+    if recipe.beta_schedule == "cosine":
+        cosine = keras.optimizers.schedules.CosineDecay
+        beta = cosine(args.beta, total_steps, alpha=0.0)
+        attention_beta = inspect.signature(TransferModel).parameters["attention_beta"].default
+        kwargs["attention_beta"] = cosine(attention_beta, total_steps, alpha=0.0)
+    model = TransferModel(source, target, method=method, beta=beta, **kwargs)
     model.compile(
         optimizer=CoupledSGD(
             keras.optimizers.schedules.CosineDecay(args.learning_rate, total_steps, alpha=0.0),
@@ -513,6 +529,7 @@ def run_one(args: argparse.Namespace, setting: str, recipe_name: str, seed: int,
         "steps": total_steps, "batch_size": args.batch_size, "beta": args.beta,
         "augmentation": args.augmentation, "tag": args.tag,
         "dtype_policy": args.dtype_policy, "meta_every": meta_every_of(recipe, args),
+        "beta_schedule": recipe.beta_schedule,
         "meta_optimizer": meta_optimizer_of(method, args.meta_optimizer),
         "num_train": data.num_train, "num_test": data.num_test,
         "target_init_sha1": init_sha, "test_accuracy": test_accuracy,
