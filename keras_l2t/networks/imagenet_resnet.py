@@ -1,19 +1,19 @@
 """ImageNet-style ResNet-18 and ResNet-34 (He et al., CVPR 2016), the 224-px networks.
 
-This is the only module of keras-l2t that imports keras-cv (lazily, when a network
-is built, so the 32-px networks do not need it): the backbone is keras-cv's
-`ResNetBackbone` built from its config arguments (no preset, so no network access,
-which presets need). The returned model is a flat functional `keras.Model` of plain
-Keras layers: saving it to `.keras` and loading it back does not need keras-cv, and
-swapping keras-cv for keras-hub later only touches this file.
+The backbone is keras-hub's `ResNetBackbone`, built from its config arguments (no
+preset, so no network access): basic blocks, a 7x7/2 stem, 3x3/2 max-pool, four stages
+with the stride on the first 3x3 convolution and 1x1 projection shortcuts where the
+shape changes, `use_pre_activation=False`. It is torchvision's `resnet18` / `resnet34`
+layer for layer, padding included: the strided convolutions and the max-pool pad both
+sides equally (`ZeroPadding2D` then `"valid"`), so torchvision weights load exactly
+(`keras_l2t.sources.load_source("hub:hf://timm/resnet34.tv_in1k")`). With 1000 classes
+the trainable parameter count equals torchvision's (11,689,512 and 21,797,672).
 
-The architecture matches torchvision's `resnet18` / `resnet34` (which the reference
-implementation uses): a 7x7/2 stem, 3x3/2 max-pool, four stages of basic blocks with
-the stride on the first 3x3 convolution and 1x1 projection shortcuts where the shape
-changes, global average pooling and a linear classifier. With 1000 classes the
-trainable parameter count equals torchvision's exactly (11,689,512 and 21,797,672).
-Like the reference, convolutions start Kaiming-normal (fan-out) and BatchNorm uses
-PyTorch's momentum 0.1 and epsilon 1e-5 (keras-cv's defaults are 0.01 and 1.001e-5).
+keras-hub is imported only here and in `keras_l2t.sources`, lazily. The returned model
+is a flat functional `keras.Model` of plain Keras layers: it saves to `.keras` and
+loads back without keras-hub. A target from scratch starts as torchvision's ResNet:
+Kaiming-normal fan-out convolutions, BatchNorm gamma 1 / beta 0 with PyTorch's
+momentum 0.1 and epsilon 1e-5, the head as a default `torch.nn.Linear`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from keras_l2t.networks.common import (
 # Blocks per stage (torchvision / He et al. Table 1).
 STAGE_BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 STAGE_FILTERS = (64, 128, 256, 512)
+STAGE_STRIDES = (1, 2, 2, 2)
 
 # Tap names: the output of each stage (after the last block's ReLU). The stem is not
 # a tap (the paper's 224-px setting: 4 x 4 stage outputs, stem excluded).
@@ -45,7 +46,7 @@ def resnet18(
     exact_batch_norm: bool = True,
     name: str = "resnet18",
 ) -> keras.Model:
-    """ResNet-18, ImageNet style, with a logits head.
+    """ResNet-18, ImageNet style (torchvision's), with a logits head.
 
     Args:
         num_classes: Number of output logits.
@@ -58,6 +59,11 @@ def resnet18(
     Returns:
         A flat functional model whose taps `stage1_out` ... `stage4_out` give
         56x56x64, 28x28x128, 14x14x256 and 7x7x512 at 224 px.
+
+    Example:
+        >>> model = resnet18(num_classes=10, input_shape=(32, 32, 3))
+        >>> tuple(model.get_layer("stage4_out").output.shape)
+        (None, 1, 1, 512)
     """
     return _imagenet_resnet("resnet18", num_classes, input_shape, exact_batch_norm, name)
 
@@ -68,11 +74,40 @@ def resnet34(
     exact_batch_norm: bool = True,
     name: str = "resnet34",
 ) -> keras.Model:
-    """ResNet-34, ImageNet style, with a logits head (the paper's 224-px source).
+    """ResNet-34, ImageNet style (torchvision's), with a logits head: the paper's source.
 
     Args and Returns are as for `resnet18`; the taps have the same shapes.
     """
     return _imagenet_resnet("resnet34", num_classes, input_shape, exact_batch_norm, name)
+
+
+def resnet_backbone(arch: str, input_shape: Sequence[int | None]) -> keras.Model:
+    """keras-hub's `ResNetBackbone` in torchvision's layout, from config arguments.
+
+    Args:
+        arch: "resnet18" or "resnet34".
+        input_shape: (height, width, 3).
+
+    Returns:
+        The backbone (a keras-hub model), with keras-hub's initialisation.
+    """
+    from keras_hub.models import ResNetBackbone  # keras-hub only when a ResNet is built.
+
+    return ResNetBackbone(
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[7],
+        stackwise_num_filters=list(STAGE_FILTERS),
+        stackwise_num_blocks=list(STAGE_BLOCKS[arch]),
+        stackwise_num_strides=list(STAGE_STRIDES),
+        block_type="basic_block",
+        use_pre_activation=False,
+        image_shape=tuple(input_shape),
+    )
+
+
+def stage_output_names(blocks: Sequence[int]) -> list[str]:
+    """keras-hub's names of a ResNet's stage outputs (the last block's ReLU per stage)."""
+    return [f"stack{stage}_block{count - 1}_out" for stage, count in enumerate(blocks)]
 
 
 def _imagenet_resnet(
@@ -82,20 +117,9 @@ def _imagenet_resnet(
     exact_batch_norm: bool,
     name: str,
 ) -> keras.Model:
-    from keras_cv.models import ResNetBackbone  # Imported here: keras-cv only when used.
-
-    blocks = STAGE_BLOCKS[arch]
-    backbone = ResNetBackbone(
-        stackwise_filters=list(STAGE_FILTERS),
-        stackwise_blocks=list(blocks),
-        stackwise_strides=[1, 2, 2, 2],
-        include_rescaling=False,
-        input_shape=tuple(input_shape),
-        block_type="basic_block",
-    )
-    # keras-cv names stage outputs "v2_stack_{i}_block{n}_out"; give them stable names.
-    for stage, (num_blocks, tap) in enumerate(zip(blocks, IMAGENET_RESNET_TAPS)):
-        backbone.get_layer(f"v2_stack_{stage}_block{num_blocks}_out").name = tap
+    backbone = resnet_backbone(arch, input_shape)
+    for old, new in zip(stage_output_names(STAGE_BLOCKS[arch]), IMAGENET_RESNET_TAPS):
+        backbone.get_layer(old).name = new
     _torch_style_init(backbone)
     logits = classification_head(backbone.output, num_classes)
     # Built on the backbone's own input tensor, so its layers are top-level layers.
@@ -106,7 +130,8 @@ def _imagenet_resnet(
 def _torch_style_init(backbone: keras.Model) -> None:
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.Conv2D):
-            layer.kernel.assign(conv_initializer()(layer.kernel.shape))
+            kernel = layer.kernel
+            kernel.assign(conv_initializer()(kernel.shape, kernel.dtype))
         elif isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = BN_MOMENTUM
             layer.epsilon = BN_EPSILON

@@ -17,6 +17,7 @@ from keras_l2t.networks import (
     default_taps,
     feature_extractor,
     resnet18,
+    resnet34,
 )
 
 # --- Parameter counts by hand -------------------------------------------------------
@@ -168,24 +169,56 @@ def test_forward_pass_small(name, input_shape):
 def test_imagenet_resnet_layout_and_init():
     model = resnet18(num_classes=5)
     # torchvision layout: stride on the first 3x3 conv, projection only where shapes change.
-    assert model.get_layer("v2_stack_1_block1_1_conv").get_config()["strides"] == (2, 2)
-    assert model.get_layer("v2_stack_1_block1_2_conv").get_config()["strides"] == (1, 1)
-    assert "v2_stack_0_block1_0_conv" not in {layer.name for layer in model.layers}
-    # PyTorch BatchNorm defaults.
-    bn = model.get_layer("conv1_bn")
-    assert (bn.momentum, bn.epsilon) == (0.9, 1e-5)
-    # Kaiming-normal fan-out: std sqrt(2 / (k * k * out)).
-    kernel = np.asarray(model.get_layer("v2_stack_3_block2_2_conv").kernel)
+    assert model.get_layer("stack1_block0_1_conv").get_config()["strides"] == (2, 2)
+    assert model.get_layer("stack1_block0_2_conv").get_config()["strides"] == (1, 1)
+    assert model.get_layer("stack1_block0_0_conv").get_config()["strides"] == (2, 2)
+    assert "stack0_block0_0_conv" not in {layer.name for layer in model.layers}
+    # PyTorch BatchNorm defaults, gamma 1 and beta 0.
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            assert (layer.momentum, layer.epsilon) == (0.9, 1e-5), layer.name
+            gamma, beta = layer.get_weights()[:2]
+            np.testing.assert_array_equal(gamma, 1.0)
+            np.testing.assert_array_equal(beta, 0.0)
+    # Kaiming-normal fan-out: std sqrt(2 / (k * k * out)), mean 0.
+    kernel = model.get_layer("stack3_block1_2_conv").get_weights()[0]
     np.testing.assert_allclose(kernel.std(), np.sqrt(2.0 / (9 * 512)), rtol=0.02)
+    assert abs(kernel.mean()) < 1e-4
+    stem = model.get_layer("conv1_conv").get_weights()[0]
+    np.testing.assert_allclose(stem.std(), np.sqrt(2.0 / (49 * 64)), rtol=0.05)
+    # The head as a default torch.nn.Linear(512, 5): uniform on +-1/sqrt(512).
+    bound = 1 / np.sqrt(512)
+    kernel, bias = model.get_layer("logits").get_weights()
+    assert 0.99 * bound < np.abs(kernel).max() <= bound and np.abs(bias).max() <= bound
 
 
-def test_saved_model_needs_no_keras_cv(tmp_path):
+def test_imagenet_resnet_pads_like_torchvision():
+    """Both sides equally (torchvision), not TensorFlow's "same" (0 before, 1 after)."""
+    model = resnet34(num_classes=5)
+    pads = {"conv1_pad": 3, "pool1_pad": 1}
+    pads.update({f"stack{s}_block0_1_pad": 1 for s in (1, 2, 3)})
+    for name, pad in pads.items():
+        assert model.get_layer(name).get_config()["padding"] == ((pad, pad), (pad, pad)), name
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D | keras.layers.MaxPooling2D):
+            config = layer.get_config()
+            strided = config["strides"] != (1, 1)
+            assert config["padding"] == ("valid" if strided or layer.name == "pool1_pool"
+                                         else "same"), layer.name
+
+
+def test_saved_model_needs_no_keras_hub(tmp_path):
     path = str(tmp_path / "resnet18.keras")
     resnet18(num_classes=3, input_shape=(32, 32, 3)).save(path)
     with zipfile.ZipFile(path) as archive:
-        config = archive.read("config.json").decode()
-    assert "keras_cv" not in config
-    assert json.loads(config)["class_name"] == "Functional"
+        config = json.loads(archive.read("config.json").decode())
+    assert config["class_name"] == "Functional"
+    assert config["module"].startswith("keras.")
+    layers = config["config"]["layers"]
+    # Plain Keras layers only: no keras-hub class or registered name anywhere.
+    assert {layer["module"] for layer in layers} == {"keras.layers"}
+    assert {layer["registered_name"] for layer in layers} == {None}
+    assert "keras_hub" not in json.dumps(config)
     loaded = keras.saving.load_model(path, compile=False)
     assert "stage4_out" in {layer.name for layer in loaded.layers}
 
