@@ -1,27 +1,25 @@
-"""Pretrained source networks: Keras ImageNet weights, local files, or our own training.
+"""Pretrained source networks: keras-hub presets, Keras ImageNet weights, local files.
 
 A source is frozen (`trainable = False`) and run in inference mode by the library, and
 outputs logits. It can come from:
 
-(a) Keras ImageNet weights (`keras.applications`) for the 224-px setting:
-    "resnet50_imagenet", "resnet101_imagenet", "resnet152_imagenet". The paper's source
-    is ResNet-34, which has no Keras ImageNet weights; ResNet-50 is the closest
-    available. It is deeper (bottleneck blocks) and its stage outputs have 256, 512,
-    1024 and 2048 channels instead of 64, 128, 256 and 512 (same 56/28/14/7 spatial
-    sizes at 224 px), so adapters and meta-networks are wider and results are not the
-    paper's ResNet-34 numbers. A ResNet-34 converted elsewhere can be used as
-    `load_source("resnet34", weights=PATH, num_classes=1000)`.
-    Keras' ImageNet ResNets expect "caffe" inputs (BGR, 0-255, mean subtracted); the
-    project feeds every network ImageNet mean/std-normalised RGB (as the authors' code
-    does), so the loaded source starts with a frozen 1x1 convolution,
-    `imagenet_to_caffe`, that converts one into the other exactly.
-(b) A local file: a `.keras` model (any functional model), or a weights file for a
+(a) A keras-hub image backbone preset, `"hub:<preset>"` (`keras_l2t.hub_sources`): the
+    paper's 224-px source, torchvision's ImageNet ResNet-34, is
+    `"hub:hf://timm/resnet34.tv_in1k"`; a Kaggle handle, a keras-hub built-in name or a
+    local preset directory work the same way. Taps: the backbone's stage outputs.
+(b) Keras ImageNet weights (`keras.applications`): "resnet50_imagenet",
+    "resnet101_imagenet", "resnet152_imagenet". Keras' ImageNet ResNets expect "caffe"
+    inputs (BGR, 0-255, mean subtracted); the project feeds every network ImageNet
+    mean/std-normalised RGB (as the authors' code does), so the loaded source starts
+    with a frozen 1x1 convolution, `imagenet_to_caffe`, that converts one into the
+    other exactly.
+(c) A local file: a `.keras` model (any functional model), or a weights file for a
     named architecture (the Keras ImageNet `.h5` file, or a `.weights.h5`).
-(c) A source trained by this project (`keras_l2t.source_pretraining.pretrain_source`
+(d) A source trained by this project (`keras_l2t.source_pretraining.pretrain_source`
     writes a `.keras` file that `load_source(path)` loads).
 
 Offline, a failed download raises `SourceWeightsUnavailable`, whose message names the
-file to fetch elsewhere and the argument that takes a local path.
+files to fetch elsewhere and how to pass their local copy.
 """
 
 from __future__ import annotations
@@ -35,6 +33,7 @@ import numpy as np
 
 from keras_l2t.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from keras_l2t.features import feature_map_layers
+from keras_l2t.hub_sources import HUB_PREFIX, load_hub_source
 from keras_l2t.networks import (
     NETWORKS,
     build_network,
@@ -113,6 +112,10 @@ def load_source(
 
     Args:
         source: One of
+            - `"hub:<preset>"`: a keras-hub image backbone preset (a Hugging Face
+              handle such as `hf://timm/resnet34.tv_in1k`, a Kaggle handle or
+              keras-hub built-in name, or a local preset directory), fetched unless
+              cached or local;
             - a key of `IMAGENET_SOURCES` ("resnet50_imagenet", ...): Keras ImageNet
               weights, downloaded unless `weights` gives the local file;
             - a builder name of `keras_l2t.networks.NETWORKS` ("resnet32", "resnet34",
@@ -125,8 +128,9 @@ def load_source(
             `.weights.h5` or `.keras` file saved from that architecture.
         num_classes: Number of classes of a builder source's head (e.g. 200 for a
             Tiny ImageNet ResNet-32).
-        input_shape: Input shape; the builder's default (ImageNet sources: 224 px).
-        include_top: ImageNet sources only: keep the 1000-class classifier (outputs
+        input_shape: Input shape; the builder's default (ImageNet sources: 224 px; a
+            preset: its own, often any size).
+        include_top: ImageNet sources and presets only: keep the 1000-class classifier (outputs
             logits; needed by LwF). False keeps only the convolutional backbone
             (output: the last stage's feature map) and uses the smaller "notop" file.
         cache_dir: Keras download cache directory (default `~/.keras`).
@@ -136,7 +140,7 @@ def load_source(
         default taps.
 
     Raises:
-        SourceWeightsUnavailable: when ImageNet weights cannot be downloaded.
+        SourceWeightsUnavailable: when ImageNet weights or a preset cannot be downloaded.
         FileNotFoundError: when a given file does not exist.
         ValueError: for an unknown source, a missing argument, or a file that does not
             fit the architecture.
@@ -159,7 +163,11 @@ def load_source(
         'resnet50_weights_tf_dim_ordering_tf_kernels.h5'
     """
     source = os.fspath(source)
-    if source in IMAGENET_SOURCES:
+    if source.startswith(HUB_PREFIX):
+        if weights is not None:
+            raise ValueError(f"Source '{source}' is a keras-hub preset; do not pass weights.")
+        model = load_hub_source(source[len(HUB_PREFIX) :], input_shape, include_top)
+    elif source in IMAGENET_SOURCES:
         model = _load_imagenet_source(
             source, weights, input_shape or (224, 224, 3), include_top, cache_dir
         )
@@ -171,7 +179,7 @@ def load_source(
         model = load_network(source, exact_batch_norm=False)
     else:
         raise ValueError(
-            f"Unknown source '{source}'. Use an ImageNet source "
+            f"Unknown source '{source}'. Use {HUB_PREFIX}<keras-hub preset>, an ImageNet source "
             f"{sorted(IMAGENET_SOURCES)}, a network name {sorted(NETWORKS)} with "
             "weights=PATH, or the path of a .keras file."
         )
