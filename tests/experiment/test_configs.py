@@ -50,6 +50,22 @@ def test_config_parses_validates_and_names_its_command(path):
     assert config.work_dir == f"runs/{name}" or name == "tiny_imagenet"
 
 
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_the_224_px_configs_use_the_papers_pair(name):
+    """torchvision's ImageNet ResNet-34 -> ResNet-18, with Keras' ResNet-50 one flag away."""
+    path = os.path.join(ROOT, "configs", f"{name}.flags")
+    config = _parse([f"--flagfile={path}"])
+    assert (config.source, config.target, config.image_size) == (
+        "hub:hf://timm/resnet34.tv_in1k", "resnet18", 224)
+    with open(path) as f:
+        text = f.read()
+    assert "add --source=resnet50_imagenet" in text
+    assert "--source=hub:/path/to/that/folder" in text  # the offline form
+    other = _parse([f"--flagfile={path}", "--source=resnet50_imagenet"])
+    other.validate()
+    assert other.source == "resnet50_imagenet"
+
+
 def test_command_line_overrides_the_flagfile():
     path = os.path.join(ROOT, "configs", "dogs.flags")
     config = _parse([f"--flagfile={path}", "--epochs=3", "--method=scratch"])
