@@ -7,7 +7,8 @@ Usage (JAX backend; the networks and pairs of `step_time.py`, same flags):
 
 Compiles each method's whole training step (`TransferModel.train_step` on JAX, as
 `fit` runs it) and prints XLA's cost analysis of the optimised program: the flops
-(a multiply-add counts 2) and the ratio to the plain `scratch` step. Dead code is
+(a multiply-add counts 2) and the ratio to the plain `scratch` step, and the instructions
+of the optimised program (`op_counts`: kernels, dots, convolutions). Dead code is
 eliminated before counting, so only what the iteration needs is counted. On a machine
 whose step time is bound by arithmetic, the time ratios of `step_time.py` should follow
 these ratios; a method whose time ratio is far above its flop ratio loses time elsewhere.
@@ -16,6 +17,7 @@ these ratios; a method whose time ratio is far above its flop ratio loses time e
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 from absl import app, flags
@@ -36,7 +38,31 @@ def count(method: str) -> dict:
     compiled = jax.jit(model.train_step).lower(state, (images, labels)).compile()
     analysis = compiled.cost_analysis()
     analysis = analysis[0] if isinstance(analysis, list) else analysis
-    return {"method": method, "pairs": len(model.pairs), "flops": analysis["flops"]}
+    return {"method": method, "pairs": len(model.pairs), "flops": analysis["flops"],
+            **op_counts(compiled.as_text())}
+
+
+# Entry-computation instructions that launch no work of their own.
+NOT_KERNELS = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast"}
+
+
+def op_counts(hlo_text: str) -> dict:
+    """Kernel-like instructions of the optimised program's entry computation.
+
+    Returns:
+        {"kernels": every instruction but parameters, constants, tuples and bitcasts
+        (each fusion, dot, convolution, copy... is one launch on a GPU), "dots" and
+        "convolutions": the matrix products among them, wherever they sit (inside
+        fusions too)}.
+    """
+    entry = hlo_text[hlo_text.index("\nENTRY "):]
+    entry = entry[: entry.index("\n}")]
+    ops = re.findall(r"^\s*\S+ = .*?\s([a-z][\w-]*)\(", entry, flags=re.MULTILINE)
+    return {
+        "kernels": sum(op not in NOT_KERNELS for op in ops),
+        "dots": len(re.findall(r"\sdot\(", hlo_text)),
+        "convolutions": len(re.findall(r"\sconvolution\(", hlo_text)),
+    }
 
 
 def main(argv):
@@ -56,7 +82,8 @@ def main(argv):
         scratch = result["flops"] if method == "scratch" else scratch
         ratio = f"x{result['flops'] / scratch:.2f}" if scratch else "-"
         print(f"{method:8s} {result['pairs']:3d} pairs  {result['flops'] / 1e9:9.1f} GFLOP  "
-              f"{ratio:>6s} scratch", flush=True)
+              f"{ratio:>6s} scratch  {result['kernels']:5d} kernels  {result['dots']:4d} dots  "
+              f"{result['convolutions']:4d} convolutions", flush=True)
 
 
 if __name__ == "__main__":

@@ -235,6 +235,10 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         target_names = list(dict.fromkeys(t for _, t in self.pairs))
         self._pair_source_index = [source_names.index(s) for s, _ in self.pairs]
         self._pair_target_index = [target_names.index(t) for _, t in self.pairs]
+        # The pairs that share a source (target) layer: their meta-networks (adapters)
+        # read the same input and run as one stacked kernel (`call_stacked`).
+        self._pairs_by_source = _group(self._pair_source_index)
+        self._pairs_by_target = _group(self._pair_target_index)
         distills = self.method.distills_outputs
 
         source_outputs = [feature_map_output(self.source, n, "source") for n in source_names]
@@ -435,16 +439,20 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         """
         if not self.method.matches_features:
             return [], []
-        channel_weights, pair_weights = [], []
-        for i, pooled in enumerate(source.pooled):
-            if self.method.learns_channel_weights:
-                channel_weights.append(self.channel_weight_networks[i](pooled))
-            else:
-                channel_weights.append(ops.ones_like(pooled) / ops.shape(pooled)[-1])
-            if self.method.learns_pair_weights:
-                pair_weights.append(self.pair_weight_networks[i](pooled))
-            else:
-                pair_weights.append(ops.ones_like(pooled[:, 0]))
+        channel_weights = [ops.ones_like(p) / ops.shape(p)[-1] for p in source.pooled]
+        pair_weights = [ops.ones_like(p[:, 0]) for p in source.pooled]
+        for indices in self._pairs_by_source:
+            pooled = source.pooled[indices[0]]  # the same for every pair of the group
+            for learned, networks, weights, stacked in (
+                (self.method.learns_channel_weights, self.channel_weight_networks,
+                 channel_weights, ChannelWeights.call_stacked),
+                (self.method.learns_pair_weights, self.pair_weight_networks,
+                 pair_weights, PairWeight.call_stacked),
+            ):
+                if learned:
+                    outputs = stacked([networks[i] for i in indices], pooled)
+                    for i, output in zip(indices, outputs):
+                        weights[i] = output
         return channel_weights, pair_weights
 
     def _target_outputs(self, x, theta=None, non_trainable=None,
@@ -481,21 +489,33 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             if target_losses else None
         )
 
-        def apply(module, module_weights, inputs):
-            if module_weights is None:
-                return module(inputs)
-            return module.stateless_call(module_weights, [], inputs)[0]
-
         outputs = as_list(outputs)
         logits = ops.cast(outputs.pop(0), self._loss_dtype)
         distillation_logits = None
         if self.distillation_head is not None:
-            distillation_logits = apply(self.distillation_head, weights[-1], outputs.pop(0))
+            head, head_weights = self.distillation_head, weights[-1]
+            distillation_logits = (
+                head(outputs.pop(0)) if head_weights is None
+                else head.stateless_call(head_weights, [], outputs.pop(0))[0]
+            )
         maps = [outputs[t] for t in self._pair_target_index]
-        adapted = (
-            [apply(a, w, m) for a, w, m in zip(self.adapters, weights, maps)] if adapters else []
-        )
+        adapted = self._adapted(maps, weights) if adapters and self.adapters else []
         return TargetOutputs(logits, maps, adapted, distillation_logits, regularization)
+
+    def _adapted(self, maps: list, weights: list) -> list:
+        """Every pair's target map through its adapter, one stacked product per target
+        layer; `weights[i]` is adapter i's (kernel, bias) values, or None for its
+        variables."""
+        kernels = [w[0] if w is not None else a.kernel for a, w in zip(self.adapters, weights)]
+        biases = [w[1] if w is not None else a.bias for a, w in zip(self.adapters, weights)]
+        adapted = [None] * len(self.adapters)
+        for indices in self._pairs_by_target:
+            outputs = FeatureAdapter.call_stacked(
+                maps[indices[0]], [kernels[i] for i in indices], [biases[i] for i in indices]
+            )
+            for i, output in zip(indices, outputs):
+                adapted[i] = output
+        return adapted
 
     def _target_taps_at(self, trainable: list, non_trainable: list, x):
         """The target's taps in training mode at the given variable values.
@@ -780,6 +800,15 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             if isinstance(config.get(key), dict):  # a schedule
                 config[key] = keras.optimizers.schedules.deserialize(config[key])
         return cls(**config)
+
+
+def _group(indices: list[int]) -> list[list[int]]:
+    """Positions of equal values, grouped, in order of first appearance:
+    `[0, 1, 0] -> [[0, 2], [1]]`."""
+    groups: dict[int, list[int]] = {}
+    for position, value in enumerate(indices):
+        groups.setdefault(value, []).append(position)
+    return list(groups.values())
 
 
 def _serialize_strength(value):

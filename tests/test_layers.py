@@ -80,6 +80,46 @@ def test_feature_adapter_is_a_1x1_convolution_with_bias():
                                atol=1e-6)
 
 
+def _randomised(layer, input_shape, seed):
+    """`layer` built for `input_shape`, with random weights (the initial ones are zero or
+    equal for every layer, which would hide a mix-up)."""
+    layer.build(input_shape)
+    rng = np.random.default_rng(seed)
+    layer.set_weights([rng.normal(size=w.shape).astype("float32") for w in layer.get_weights()])
+    return layer
+
+
+@pytest.mark.parametrize("layer_class, kwargs", [
+    (ChannelWeights, {}),
+    (PairWeight, {"activation": "relu6"}),
+    (PairWeight, {"activation": "relu"}),
+    (PairWeight, {"activation": "relu_avg"}),
+    (PairWeight, {"activation": "constant"}),
+])
+def test_stacked_meta_networks_equal_their_separate_calls(layer_class, kwargs):
+    networks = [_randomised(layer_class(**kwargs), (None, 5), seed) for seed in range(3)]
+    pooled = np.random.default_rng(9).normal(size=(4, 5)).astype("float32") * 3
+    stacked = layer_class.call_stacked(networks, pooled)
+    assert len(stacked) == 3
+    for network, output in zip(networks, stacked):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(output),
+                                   keras.ops.convert_to_numpy(network(pooled)), rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_stacked_adapters_equal_their_separate_calls():
+    adapters = [_randomised(FeatureAdapter(channels), (None, 3, 3, 4), seed)
+                for seed, channels in enumerate((2, 5, 1))]
+    target_map = np.random.default_rng(9).normal(size=(2, 3, 3, 4)).astype("float32")
+    stacked = FeatureAdapter.call_stacked(target_map, [a.kernel for a in adapters],
+                                          [a.bias for a in adapters])
+    assert [tuple(o.shape) for o in stacked] == [(2, 3, 3, 2), (2, 3, 3, 5), (2, 3, 3, 1)]
+    for adapter, output in zip(adapters, stacked):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(output),
+                                   keras.ops.convert_to_numpy(adapter(target_map)), rtol=1e-5,
+                                   atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "layer", [ChannelWeights(), PairWeight("relu_avg", bias_init=0.5), FeatureAdapter(4)]
 )

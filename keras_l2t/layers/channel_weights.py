@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import keras
 from keras import ops
 
@@ -45,3 +47,26 @@ class ChannelWeights(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    @staticmethod
+    def call_stacked(networks: Sequence[ChannelWeights], pooled) -> list:
+        """`[network(pooled) for network in networks]`, as one matrix product.
+
+        The "what" networks of the pairs that share a source layer read the same pooled
+        map; stacking their kernels gives the same numbers from fewer, larger kernels.
+
+        Args:
+            networks: Built `ChannelWeights` of one input size C.
+            pooled: (batch, C) pooled source feature.
+
+        Returns:
+            One (batch, C) weight tensor per network.
+        """
+        if len(networks) == 1:
+            return [networks[0](pooled)]
+        kernel = ops.concatenate([network.kernel for network in networks], axis=1)
+        bias = ops.concatenate([network.bias for network in networks], axis=0)
+        logits = ops.reshape(ops.matmul(pooled, kernel) + bias,
+                             (-1, len(networks), pooled.shape[-1]))
+        weights = ops.softmax(logits, axis=-1)
+        return [weights[:, i] for i in range(len(networks))]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
+
 import keras
 from keras import ops
 
@@ -53,6 +56,28 @@ class FeatureAdapter(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.channels)
+
+    @staticmethod
+    def call_stacked(target_map, kernels: Sequence, biases: Sequence) -> list:
+        """`[target_map @ kernel + bias for each adapter]`, as one matrix product.
+
+        The adapters of the pairs that share a target layer read the same target map;
+        stacking their kernels gives the same numbers from fewer, larger kernels.
+
+        Args:
+            target_map: (batch, height, width, C_target) target feature map.
+            kernels: Each adapter's (C_target, channels) kernel (variable or value).
+            biases: Each adapter's (channels,) bias.
+
+        Returns:
+            One (batch, height, width, channels) map per adapter.
+        """
+        if len(kernels) == 1:
+            return [ops.matmul(target_map, kernels[0]) + biases[0]]
+        adapted = (ops.matmul(target_map, ops.concatenate(kernels, axis=1))
+                   + ops.concatenate(biases, axis=0))
+        ends = list(itertools.accumulate(kernel.shape[-1] for kernel in kernels))
+        return ops.split(adapted, ends[:-1], axis=-1)
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import keras
 from keras import ops
 
@@ -78,6 +80,31 @@ class PairWeight(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape[:-1]
+
+    @staticmethod
+    def call_stacked(networks: Sequence[PairWeight], pooled) -> list:
+        """`[network(pooled) for network in networks]`, as one matrix product.
+
+        The "where" networks of the pairs that share a source layer read the same pooled
+        map; stacking their kernels gives the same numbers from fewer kernels.
+
+        Args:
+            networks: Built `PairWeight`s of one activation and input size.
+            pooled: (batch, C) pooled source feature.
+
+        Returns:
+            One (batch,) pair weight per network.
+        """
+        activation = networks[0].activation
+        if len(networks) == 1 or activation == "constant":
+            return [network(pooled) for network in networks]
+        if activation == "relu_avg":
+            pooled = pooled / ops.cast(ops.shape(pooled)[-1], pooled.dtype)
+        kernel = ops.concatenate([network.kernel for network in networks], axis=1)
+        bias = ops.concatenate([network.bias for network in networks], axis=0)
+        z = ops.matmul(pooled, kernel) + bias
+        z = ops.relu6(z) if activation == "relu6" else ops.relu(z)
+        return [z[:, i] for i in range(len(networks))]
 
     def get_config(self):
         return {**super().get_config(), "activation": self.activation, "bias_init": self.bias_init}
