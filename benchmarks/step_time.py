@@ -27,6 +27,11 @@ Pairs: the method's default preset over the networks' default taps (l2t_ww: all-
 
 `--steps_per_execution=N` runs N iterations per call, as `compile` does for users.
 
+`--meta_every=1,2,4,8 --lookahead_steps=1,2` times each meta-learned method once per
+(k, T) (issue "Cheaper L2T-ww"); with k > 1 the iterations alternate between a meta
+iteration and the real step alone, so read the mean (over `--steps`, a multiple of
+every k), not the median.
+
 `--device_batch` (JAX) feeds the same device-resident batch every step: the difference
 to the default says what the per-step input copy, and the new buffer addresses it brings,
 cost.
@@ -56,7 +61,11 @@ flags.DEFINE_integer("num_classes", 100, "Classes of source and target.")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_list("methods", ["scratch", "lwf", "at", "lwf_at", "fm", "l2t_w", "l2t_ww"],
                   "Methods to time.")
-flags.DEFINE_integer("steps", 10, "Timed iterations after the warm-up.")
+flags.DEFINE_integer("steps", 10, "Timed iterations after the warm-up (a multiple of every "
+                     "--meta_every for a fair mean).")
+flags.DEFINE_list("meta_every", ["1"], "Meta-learned methods: one run per k "
+                  "(TransferModel(meta_every=k)).")
+flags.DEFINE_list("lookahead_steps", ["2"], "Meta-learned methods: one run per T.")
 flags.DEFINE_integer("warmup", 3, "Untimed iterations (tracing, first steps).")
 flags.DEFINE_string("dtype_policy", None, "Keras dtype policy, e.g. mixed_bfloat16.")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
@@ -103,8 +112,23 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build_model(method: str):
-    """The compiled `TransferModel` of `method` on the flags' networks (seed 0).
+def variants(methods: list[str]) -> list[str]:
+    """The runs: each method, and for a meta-learned one each `--meta_every` k and
+    `--lookahead_steps` T, as "l2t_ww k=4 T=1"."""
+    from keras_l2t.methods import get_method
+
+    runs = []
+    for method in methods:
+        if not get_method(method).meta_learned:
+            runs.append(method)
+            continue
+        runs += [f"{method} k={k} T={t}" for t in FLAGS.lookahead_steps
+                 for k in FLAGS.meta_every]
+    return runs
+
+
+def build_model(run: str):
+    """The compiled `TransferModel` of a run (`variants`) on the flags' networks (seed 0).
 
     Pairs: the method's default preset over the networks' default taps; one-to-one
     takes the deepest target taps, one per source tap.
@@ -115,6 +139,13 @@ def build_model(method: str):
     from keras_l2t.methods import get_method
     from keras_l2t.networks import default_taps
 
+    method, *settings = run.split()
+    kwargs = {"meta_every": 1, "lookahead_steps": 2}
+    for setting in settings:  # "k=4", "T=1"
+        name, value = setting.split("=")
+        kwargs[{"k": "meta_every", "T": "lookahead_steps"}[name]] = int(value)
+    if not get_method(method).meta_learned:
+        kwargs = {}
     keras.utils.set_random_seed(0)
     source, target = build(FLAGS.source, "source"), build(FLAGS.target, "target")
     source_layers, target_layers = default_taps(FLAGS.source), default_taps(FLAGS.target)
@@ -123,7 +154,7 @@ def build_model(method: str):
         source_layers, target_layers = source_layers[-count:], target_layers[-count:]
     model = keras_l2t.TransferModel(
         source, target, method=method, source_layers=source_layers,
-        target_layers=target_layers,
+        target_layers=target_layers, **kwargs,
     )
     jit = {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile]
     model.compile(jit_compile=jit, steps_per_execution=FLAGS.steps_per_execution)
@@ -210,6 +241,7 @@ def time_method(method: str) -> dict:
         "method": method,
         "pairs": len(model.pairs),
         "median_s": statistics.median(times),
+        "mean_s": statistics.mean(times),
         "min_s": min(times),
         "max_s": max(times),
         "pipelined_s": (pipelined.end - pipelined.start) / (FLAGS.steps * per_call),
@@ -253,20 +285,21 @@ def main(argv):
           f"steps per execution {FLAGS.steps_per_execution}"
           f"{', one device-resident batch' if FLAGS.device_batch else ''}")
     scratch = None
-    for method, result in child_results(FLAGS.methods):
-        scratch = result["median_s"] if method == "scratch" else scratch
-        ratio = f"x{result['median_s'] / scratch:.1f}" if scratch else "-"
-        print(f"{method:8s} {result['pairs']:3d} pairs  median {result['median_s']:.4f} s "
+    for run, result in child_results(variants(FLAGS.methods)):
+        scratch = result["median_s"] if run == "scratch" else scratch
+        ratio = f"x{result['mean_s'] / scratch:.1f}" if scratch else "-"
+        print(f"{run:8s} {result['pairs']:3d} pairs  median {result['median_s']:.4f} s "
               f"(min {result['min_s']:.4f}, max {result['max_s']:.4f}, n={FLAGS.steps})  "
-              f"{ratio:>6s} scratch  pipelined {result['pipelined_s']:.4f} s  "
+              f"mean {result['mean_s']:.4f} s  {ratio:>6s} scratch's median  "
+              f"pipelined {result['pipelined_s']:.4f} s  "
               f"first {result['first_s']:.1f} s  "
               f"peak {result['peak_mb']:.0f} MB", flush=True)
 
 
 def child_results(methods):
-    """Reruns this script with `--child=METHOD` per method, each in its own process (so
-    memory peaks and compilations are its own); yields (method, the child's JSON result).
-    A failed child's error is printed and its method skipped."""
+    """Reruns this script with `--child=RUN` per run (a method, or a `variants` entry),
+    each in its own process (so memory peaks and compilations are its own); yields (run,
+    the child's JSON result). A failed child's error is printed and its run skipped."""
     for method in methods:
         child = subprocess.run(
             [sys.executable, *sys.argv, f"--child={method}"], capture_output=True, text=True
