@@ -37,8 +37,8 @@ to the default says what the per-step input copy, and the new buffer addresses i
 cost.
 
 `--write_architectures=DIR` saves the networks' architectures as JSON and
-`--architectures=DIR` builds from them, for machines without keras-cv (which needs
-TensorFlow) such as a JAX-only GPU machine.
+`--architectures=DIR` builds from them, for machines without keras-hub (whose
+tensorflow-text needs TensorFlow) such as a JAX-only GPU machine.
 """
 
 from __future__ import annotations
