@@ -85,7 +85,8 @@ its meta batches from a second shuffled, augmented stream of the same N images (
 seed). Recipes ending in `_beta_cosine` weigh their transfer loss (beta, or
 attention_beta for at) with a per-step cosine from its value to 0 over the run
 (`TransferModel(beta=CosineDecay(...))`, train.py's `--beta_schedule=cosine`), so the
-target trains on its own loss alone at the end. The paper's networks are scaled down:
+target trains on its own loss alone at the end (`_beta_cosine_half`: over the first half,
+then 0). The paper's networks are scaled down:
 ResNet-32 source -> 3-stage VGG-style `cnn_32_64_128`, VGG-9 target -> 3-stage
 `cnn_16_32_64`; taps are the stage outputs (after ReLU, before the max-pool). Everything
 else is the paper's 32-px recipe (pad 4 + random crop 32 + flip, CoupledSGD lr 0.1
@@ -180,8 +181,8 @@ class Recipe:
         model_kwargs: extra `TransferModel` arguments.
         meta_data: TRAIN_BATCH, CARVE or STREAM (the last two need
             `model_kwargs["meta_objective"] == "held_out"`).
-        beta_schedule: "constant" (the paper) or "cosine" (beta and attention_beta
-            decay to 0 over the run).
+        beta_schedule: "constant" (the paper), "cosine" (beta and attention_beta
+            decay to 0 over the run) or "cosine_half" (to 0 at half the run, then 0).
     """
 
     method: str
@@ -199,7 +200,10 @@ RECIPES: dict[str, Recipe] = {
        for method in ("fm", "at", "l2t_ww")},
     "l2t_ww_held_out_beta_cosine": Recipe("l2t_ww", "all", {"meta_objective": "held_out"},
                                           CARVE, beta_schedule="cosine"),
+    "l2t_ww_beta_cosine_half": Recipe("l2t_ww", "all", beta_schedule="cosine_half"),
 }
+# The fraction of the run over which a beta schedule decays to 0 (then stays there).
+BETA_DECAY_FRACTION = {"cosine": 1.0, "cosine_half": 0.5}
 
 
 def recipe_of(result: dict[str, Any]) -> str:
@@ -495,11 +499,12 @@ def run_one(args: argparse.Namespace, setting: str, recipe_name: str, seed: int,
     chunks = math.ceil(args.steps / chunk)
     total_steps = chunk * chunks
     beta: Any = args.beta
-    if recipe.beta_schedule == "cosine":
+    if recipe.beta_schedule != "constant":
+        decay_steps = max(1, round(BETA_DECAY_FRACTION[recipe.beta_schedule] * total_steps))
         cosine = keras.optimizers.schedules.CosineDecay
-        beta = cosine(args.beta, total_steps, alpha=0.0)
+        beta = cosine(args.beta, decay_steps, alpha=0.0)
         attention_beta = inspect.signature(TransferModel).parameters["attention_beta"].default
-        kwargs["attention_beta"] = cosine(attention_beta, total_steps, alpha=0.0)
+        kwargs["attention_beta"] = cosine(attention_beta, decay_steps, alpha=0.0)
     model = TransferModel(source, target, method=method, beta=beta, **kwargs)
     model.compile(
         optimizer=CoupledSGD(
