@@ -42,6 +42,27 @@ def channel_distances(source_map, adapted_target_map):
     return ops.mean(ops.square(source_map - adapted_target_map), axis=(1, 2))
 
 
+def rms_normalized(feature_map, epsilon: float = 1e-6):
+    """Each example's map divided by its root mean square over positions and channels.
+
+    Args:
+        feature_map: (batch, H, W, C).
+        epsilon: Floor of the root mean square (an all-zero map stays zero).
+
+    Returns:
+        (batch, H, W, C) maps whose mean square is 1 (0 for an all-zero map).
+
+    Example:
+        >>> from keras import ops
+        >>> from keras_l2t.losses import rms_normalized
+        >>> x = ops.reshape(ops.arange(1.0, 5.0), (1, 2, 2, 1)) * 10
+        >>> round(float(ops.mean(ops.square(rms_normalized(x)))), 4)
+        1.0
+    """
+    mean_square = ops.mean(ops.square(feature_map), axis=(1, 2, 3), keepdims=True)
+    return feature_map / ops.maximum(ops.sqrt(mean_square), epsilon)
+
+
 def weighted_feature_matching(
     source_map, adapted_target_map, channel_weights, pair_weight, beta: float = 0.5
 ):

@@ -30,6 +30,8 @@ from keras_l2t.pairs import resolve_pairs
 
 # The batch the meta objective is computed on; see `TransferModel`'s `meta_objective`.
 META_OBJECTIVES = ("train_batch", "held_out")
+# How the source's tapped maps are scaled; see `TransferModel`'s `source_normalization`.
+SOURCE_NORMALIZATIONS = ("none", "rms")
 
 
 class SourceOutputs(NamedTuple):
@@ -114,6 +116,12 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             of a held-out meta split. With "held_out", `fit` takes elements
             `((x, y), (x_meta, y_meta))`, e.g. `tf.data.Dataset.zip((train, meta))`
             with `meta` repeating; the lookahead still trains on (x, y).
+        source_normalization: "none" (the paper) or "rms": each example's tapped source
+            map is divided by its root mean square (over positions and channels), so
+            the matching losses and the meta-networks' inputs have the same scale
+            whatever the source's activations are (a source whose maps are 10x larger
+            otherwise weighs its matching loss 100x more, and starts its "where"
+            networks far from lambda = 1). Not in the paper or the reference code.
         meta_every: k: the lookahead and meta step run on every k-th iteration (those
             whose target-optimizer iteration count, before the step, is a multiple of
             k), the others are the real step alone with phi fixed; 1 (the paper): every
@@ -169,6 +177,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         distillation_weight: float = 1.0,
         meta_objective: str = "train_batch",
         meta_every: int = 1,
+        source_normalization: str = "none",
         **kwargs,
     ):
         step_module()  # refuses an unsupported backend before any work
@@ -180,6 +189,10 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         if meta_objective not in META_OBJECTIVES:
             raise ValueError(f"meta_objective must be one of {', '.join(META_OBJECTIVES)}, got "
                              f"{meta_objective!r}.")
+        if source_normalization not in SOURCE_NORMALIZATIONS:
+            raise ValueError(
+                f"source_normalization must be one of {', '.join(SOURCE_NORMALIZATIONS)}, "
+                f"got {source_normalization!r}.")
         if meta_objective != "train_batch" and not self.method.meta_learned:
             raise ValueError(f"meta_objective={meta_objective!r} needs a method with "
                              f"meta-networks (l2t_ww, l2t_w), not '{self.method.name}'.")
@@ -217,6 +230,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         self.distillation_temperature = distillation_temperature
         self.distillation_weight = distillation_weight
         self.meta_objective = meta_objective
+        self.source_normalization = source_normalization
         self.meta_every = int(meta_every)
 
         source.trainable = False
@@ -423,6 +437,8 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             logits = outputs.pop()
             if not outputs_logits(self.source):
                 logits = ops.log(ops.maximum(logits, 1e-12))  # softmax(log p / T) ~ p^(1/T)
+        if self.source_normalization == "rms":
+            outputs = [losses.rms_normalized(o) for o in outputs]
         maps = [
             losses.resize_to(outputs[s], self._target_shapes[t][1:3])
             for s, t in zip(self._pair_source_index, self._pair_target_index)
@@ -789,6 +805,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             "distillation_weight": self.distillation_weight,
             "meta_objective": self.meta_objective,
             "meta_every": self.meta_every,
+            "source_normalization": self.source_normalization,
         }
 
     @classmethod
