@@ -109,6 +109,11 @@ class ExperimentConfig:
                                   "and --samples_per_class) carved out as the meta split, "
                                   "e.g. 0.1; 0: the meta batches are another shuffled "
                                   "stream of the training images themselves.")
+    source_normalization: str = _field("none", "none (the paper) or rms: each example's "
+                                       "tapped source map divided by its root mean "
+                                       "square, so the matching losses and the "
+                                       "meta-networks' inputs do not depend on the "
+                                       "source's activation scale.")
     meta_every: int = _field(1, "Run the lookahead and meta step on every k-th iteration "
                              "only (the others: the real step alone); 1, every iteration, is "
                              "the paper. Needs --method=l2t_ww or l2t_w for k > 1.")
@@ -150,6 +155,9 @@ class ExperimentConfig:
         _one_of("progress", self.progress, PROGRESS)
         _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _one_of("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
+        from keras_l2t.transfer_model import SOURCE_NORMALIZATIONS
+
+        _one_of("source_normalization", self.source_normalization, SOURCE_NORMALIZATIONS)
         from keras_l2t.transfer_model import META_OBJECTIVES
 
         _one_of("meta_objective", self.meta_objective, META_OBJECTIVES)

@@ -214,7 +214,7 @@ def build_transfer_model(config: ExperimentConfig, source: keras.Model,
     arguments = {name: getattr(config, name) for name in (
         "pair_weight_activation", "lookahead_steps", "meta_weight_decay", "attention_beta",
         "distillation_temperature", "distillation_weight", "beta", "meta_objective",
-        "meta_every",
+        "meta_every", "source_normalization",
     )}
     if config.beta_schedule == "cosine":  # per step, so a checkpoint restores its position
         for name in ("beta", "attention_beta"):

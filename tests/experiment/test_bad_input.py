@@ -62,6 +62,8 @@ def _config(work_dir, fashion_dir, source_file, **overrides) -> ExperimentConfig
         (dict(meta_every=0), "--meta_every: meta_every must be an integer >= 1, got 0"),
         (dict(beta_schedule="linear"),
          "--beta_schedule='linear' is not one of constant, cosine"),
+        (dict(source_normalization="batch"),
+         "--source_normalization='batch' is not one of none, rms"),
         (dict(method="fm", meta_every=2), "--meta_every: meta_every=2 needs a method with "
          "meta-networks (l2t_ww, l2t_w), not 'fm'"),
         (dict(image_size=2, method="scratch"), "Network 'cnn_3_4' cannot take 2-px images"),

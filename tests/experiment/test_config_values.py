@@ -64,3 +64,12 @@ def test_beta_schedule_cosine_decays_both_betas_over_the_run():
         assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
         values = [float(schedule(step)) for step in (0, 20, 40)]
         assert values == pytest.approx([start, start / 2, 0.0], abs=1e-5 * start)
+
+
+def test_source_normalization_reaches_the_model():
+    layers = dict(source_layers=["s_block1"], target_layers=["t_block0"], pairs="single")
+    source, target = conv_net("s", [3, 4], 5), conv_net("t", [2], 3)
+    for value in ("none", "rms"):
+        config = _config(source_normalization=value, **layers)
+        config.validate()
+        assert build_transfer_model(config, source, target, 40).source_normalization == value
