@@ -86,7 +86,8 @@ seed). Recipes ending in `_beta_cosine` weigh their transfer loss (beta, or
 attention_beta for at) with a per-step cosine from its value to 0 over the run
 (`TransferModel(beta=CosineDecay(...))`, train.py's `--beta_schedule=cosine`), so the
 target trains on its own loss alone at the end (`_beta_cosine_half`: over the first half,
-then 0). The paper's networks are scaled down:
+then 0). Recipes ending in `_rms` divide each example's tapped source map by its root
+mean square (`TransferModel(source_normalization="rms")`). The paper's networks are scaled down:
 ResNet-32 source -> 3-stage VGG-style `cnn_32_64_128`, VGG-9 target -> 3-stage
 `cnn_16_32_64`; taps are the stage outputs (after ReLU, before the max-pool). Everything
 else is the paper's 32-px recipe (pad 4 + random crop 32 + flip, CoupledSGD lr 0.1
@@ -201,6 +202,8 @@ RECIPES: dict[str, Recipe] = {
     "l2t_ww_held_out_beta_cosine": Recipe("l2t_ww", "all", {"meta_objective": "held_out"},
                                           CARVE, beta_schedule="cosine"),
     "l2t_ww_beta_cosine_half": Recipe("l2t_ww", "all", beta_schedule="cosine_half"),
+    **{f"{method}_rms": Recipe(method, METHOD_PAIRS[method], {"source_normalization": "rms"})
+       for method in ("fm", "at", "l2t_ww")},
 }
 # The fraction of the run over which a beta schedule decays to 0 (then stays there).
 BETA_DECAY_FRACTION = {"cosine": 1.0, "cosine_half": 0.5}
