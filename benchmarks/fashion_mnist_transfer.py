@@ -204,6 +204,8 @@ RECIPES: dict[str, Recipe] = {
     "l2t_ww_beta_cosine_half": Recipe("l2t_ww", "all", beta_schedule="cosine_half"),
     **{f"{method}_rms": Recipe(method, METHOD_PAIRS[method], {"source_normalization": "rms"})
        for method in ("fm", "at", "l2t_ww")},
+    "l2t_ww_held_out_rms": Recipe(
+        "l2t_ww", "all", {"meta_objective": "held_out", "source_normalization": "rms"}, CARVE),
 }
 # The fraction of the run over which a beta schedule decays to 0 (then stays there).
 BETA_DECAY_FRACTION = {"cosine": 1.0, "cosine_half": 0.5}
