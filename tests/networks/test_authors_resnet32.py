@@ -11,6 +11,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from numpy_forward import batch_norm, conv
 
 from keras_l2t.networks import authors_resnet32
 from keras_l2t.sources import load_source
@@ -61,38 +62,19 @@ def _their_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
 
 # --- Their forward pass in NumPy, NCHW as PyTorch computes it. ---
 
-def _conv(x, w, stride=1, pad=0, bias=None):
-    x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    k = w.shape[-1]
-    h = (x.shape[2] - k) // stride + 1
-    wd = (x.shape[3] - k) // stride + 1
-    out = np.zeros((x.shape[0], w.shape[0], h, wd))
-    for i in range(k):
-        for j in range(k):
-            patch = x[:, :, i:i + stride * h:stride, j:j + stride * wd:stride]
-            out += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j])
-    return out if bias is None else out + bias[None, :, None, None]
-
-
-def _bn(x, s, name):
-    scale = s[f"{name}.weight"] / np.sqrt(s[f"{name}.running_var"] + 1e-5)
-    shift = s[f"{name}.bias"] - s[f"{name}.running_mean"] * scale
-    return x * scale[None, :, None, None] + shift[None, :, None, None]
-
-
 def _block(x, s, name, stride):
-    y = np.maximum(_bn(_conv(x, s[f"{name}.conv1.weight"], stride, 1), s, f"{name}.bn1"), 0)
-    y = _bn(_conv(y, s[f"{name}.conv2.weight"], 1, 1), s, f"{name}.bn2")
+    y = np.maximum(batch_norm(conv(x, s[f"{name}.conv1.weight"], stride, 1), s, f"{name}.bn1"), 0)
+    y = batch_norm(conv(y, s[f"{name}.conv2.weight"], 1, 1), s, f"{name}.bn2")
     shortcut = x
     if f"{name}.downsample.0.weight" in s:
-        shortcut = _bn(_conv(x, s[f"{name}.downsample.0.weight"], stride), s,
+        shortcut = batch_norm(conv(x, s[f"{name}.downsample.0.weight"], stride), s,
                        f"{name}.downsample.1")
     return np.maximum(y + shortcut, 0)
 
 
 def _their_forward(x_nhwc, s):
     x = np.transpose(x_nhwc, (0, 3, 1, 2)).astype(np.float64)
-    x = np.maximum(_bn(_conv(x, s["conv1.weight"], 1, 1, s["conv1.bias"]), s, "bn1"), 0)
+    x = np.maximum(batch_norm(conv(x, s["conv1.weight"], 1, 1, s["conv1.bias"]), s, "bn1"), 0)
     stages = []
     for first, others, stride in (("block1", "blocks2", 1), ("block3", "blocks4", 2),
                                   ("block5", "blocks6", 2)):

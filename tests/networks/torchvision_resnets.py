@@ -12,6 +12,7 @@ import json
 import os
 
 import numpy as np
+from numpy_forward import batch_norm, conv
 from safetensors.numpy import save_file
 
 BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
@@ -57,25 +58,6 @@ def random_state_dict(arch: str, num_classes: int, seed: int = 0) -> dict[str, n
     }
 
 
-def _conv(x, w, stride=1, pad=0):
-    x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    k = w.shape[-1]
-    h = (x.shape[2] - k) // stride + 1
-    wd = (x.shape[3] - k) // stride + 1
-    out = np.zeros((x.shape[0], w.shape[0], h, wd))
-    for i in range(k):
-        for j in range(k):
-            patch = x[:, :, i : i + stride * h : stride, j : j + stride * wd : stride]
-            out += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j])
-    return out
-
-
-def _bn(x, s, name):
-    scale = s[f"{name}.weight"] / np.sqrt(s[f"{name}.running_var"] + 1e-5)
-    shift = s[f"{name}.bias"] - s[f"{name}.running_mean"] * scale
-    return x * scale[None, :, None, None] + shift[None, :, None, None]
-
-
 def _max_pool_3x3_s2_p1(x):
     x = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
     h = (x.shape[2] - 3) // 2 + 1
@@ -89,20 +71,19 @@ def _max_pool_3x3_s2_p1(x):
 def forward(arch: str, state: dict[str, np.ndarray], x_nhwc: np.ndarray):
     """torchvision's eval-mode forward: (logits, [layer1 ... layer4 outputs, NHWC])."""
     x = np.transpose(x_nhwc, (0, 3, 1, 2)).astype(np.float64)
-    x = np.maximum(_bn(_conv(x, state["conv1.weight"], 2, 3), state, "bn1"), 0)
+    x = np.maximum(batch_norm(conv(x, state["conv1.weight"], 2, 3), state, "bn1"), 0)
     x = _max_pool_3x3_s2_p1(x)
     stages = []
     for stage, count in enumerate(BLOCKS[arch], start=1):
         for i in range(count):
             name = f"layer{stage}.{i}"
             stride = 2 if stage > 1 and i == 0 else 1
-            y = np.maximum(
-                _bn(_conv(x, state[f"{name}.conv1.weight"], stride, 1), state, f"{name}.bn1"), 0
-            )
-            y = _bn(_conv(y, state[f"{name}.conv2.weight"], 1, 1), state, f"{name}.bn2")
+            y = conv(x, state[f"{name}.conv1.weight"], stride, 1)
+            y = np.maximum(batch_norm(y, state, f"{name}.bn1"), 0)
+            y = batch_norm(conv(y, state[f"{name}.conv2.weight"], 1, 1), state, f"{name}.bn2")
             if f"{name}.downsample.0.weight" in state:
-                x = _bn(
-                    _conv(x, state[f"{name}.downsample.0.weight"], stride),
+                x = batch_norm(
+                    conv(x, state[f"{name}.downsample.0.weight"], stride),
                     state,
                     f"{name}.downsample.1",
                 )
