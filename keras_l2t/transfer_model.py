@@ -455,20 +455,21 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         """
         if not self.method.matches_features:
             return [], []
-        channel_weights = [ops.ones_like(p) / ops.shape(p)[-1] for p in source.pooled]
-        pair_weights = [ops.ones_like(p[:, 0]) for p in source.pooled]
+        channel_weights, pair_weights = [None] * len(self.pairs), [None] * len(self.pairs)
         for indices in self._pairs_by_source:
             pooled = source.pooled[indices[0]]  # the same for every pair of the group
-            for learned, networks, weights, stacked in (
-                (self.method.learns_channel_weights, self.channel_weight_networks,
-                 channel_weights, ChannelWeights.call_stacked),
-                (self.method.learns_pair_weights, self.pair_weight_networks,
-                 pair_weights, PairWeight.call_stacked),
-            ):
-                if learned:
-                    outputs = stacked([networks[i] for i in indices], pooled)
-                    for i, output in zip(indices, outputs):
-                        weights[i] = output
+            if self.method.learns_channel_weights:
+                channel = ChannelWeights.call_stacked(
+                    [self.channel_weight_networks[i] for i in indices], pooled)
+            else:
+                channel = [ops.ones_like(pooled) / ops.shape(pooled)[-1]] * len(indices)
+            if self.method.learns_pair_weights:
+                pair = PairWeight.call_stacked(
+                    [self.pair_weight_networks[i] for i in indices], pooled)
+            else:
+                pair = [ops.ones_like(pooled[:, 0])] * len(indices)
+            for i, w, lam in zip(indices, channel, pair):
+                channel_weights[i], pair_weights[i] = w, lam
         return channel_weights, pair_weights
 
     def _target_outputs(self, x, theta=None, non_trainable=None,
