@@ -9,7 +9,8 @@ from keras_l2t.features import check_functional
 
 def check_source(source) -> None:
     if not isinstance(source, keras.Model):
-        raise ValueError(f"source must be a keras.Model, got {type(source).__name__}.")
+        raise ValueError(f"source must be a keras.Model or a dict of them by name, got "
+                         f"{type(source).__name__}.")
     if not source.built:
         raise ValueError(
             f"The source model '{source.name}' is not built: it has no weights yet. Load "

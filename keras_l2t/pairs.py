@@ -1,10 +1,25 @@
-"""Turns a pair specification into a list of (source layer, target layer) names."""
+"""Turns a pair specification into a list of (source layer, target layer) names.
+
+With several sources (`TransferModel(source={"name": model, ...})`) a source layer is
+written "name/layer": Keras layer names cannot contain "/", so the first "/" splits it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 PAIR_PRESETS = ("all", "one_to_one", "single")
+
+
+def source_of(source_layer: str) -> str:
+    """The source name of a "name/layer" source layer; "" for a plain layer name.
+
+    Example:
+        >>> from keras_l2t.pairs import source_of
+        >>> source_of("imagenet/stage3_out"), source_of("stage3_out")
+        ('imagenet', '')
+    """
+    return source_layer.partition("/")[0] if "/" in source_layer else ""
 
 
 def resolve_pairs(
@@ -18,9 +33,12 @@ def resolve_pairs(
         pairs: "all" (every source layer with every target layer, source-major as in the
             reference: (s1, t1), (s1, t2), ...), "one_to_one" (the k-th with the k-th),
             "single" (the last source layer with the last target layer; the paper does
-            not name its single pair, this is keras-l2t's choice), or an explicit list of
-            (source layer name, target layer name).
-        source_layers: Source layer names, needed by the presets.
+            not name its single pair, this is keras-l2t's choice; with several sources,
+            each source's last layer with the last target layer), or an explicit list of
+            (source layer name, target layer name) or (source name, source layer name,
+            target layer name), the latter read as ("source/layer", target layer).
+        source_layers: Source layer names ("name/layer" with several sources), needed by
+            the presets.
         target_layers: Target layer names, needed by the presets.
 
     Returns:
@@ -34,6 +52,8 @@ def resolve_pairs(
         >>> from keras_l2t.pairs import resolve_pairs
         >>> resolve_pairs("all", ["s1", "s2"], ["t1"])
         [('s1', 't1'), ('s2', 't1')]
+        >>> resolve_pairs("single", ["a/s1", "a/s2", "b/s1"], ["t1", "t2"])
+        [('a/s2', 't2'), ('b/s1', 't2')]
     """
     if isinstance(pairs, str):
         if pairs not in PAIR_PRESETS:
@@ -49,7 +69,8 @@ def resolve_pairs(
         if pairs == "all":
             return [(s, t) for s in source_layers for t in target_layers]
         if pairs == "single":
-            return [(source_layers[-1], target_layers[-1])]
+            last = {source_of(layer): layer for layer in source_layers}
+            return [(layer, target_layers[-1]) for layer in last.values()]
         if len(source_layers) != len(target_layers):
             raise ValueError(
                 "pairs='one_to_one' needs as many source layers as target layers, got "
@@ -59,12 +80,14 @@ def resolve_pairs(
 
     resolved = []
     for pair in pairs:
-        if (isinstance(pair, str) or len(pair) != 2
-                or not all(isinstance(name, str) for name in pair)):
+        if (isinstance(pair, str) or len(pair) not in (2, 3)
+                or not all(isinstance(name, str) and name for name in pair)):
             raise ValueError(
-                f"Each pair must be (source layer name, target layer name), got {pair!r}."
+                "Each pair must be (source layer name, target layer name) or (source name, "
+                f"source layer name, target layer name), got {pair!r}."
             )
-        resolved.append((pair[0], pair[1]))
+        resolved.append((pair[0], pair[1]) if len(pair) == 2
+                        else (f"{pair[0]}/{pair[1]}", pair[2]))
     if not resolved:
         raise ValueError("pairs is empty; give at least one (source, target) pair.")
     if len(set(resolved)) != len(resolved):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import keras
@@ -26,7 +26,7 @@ from keras_l2t.features import feature_map_output
 from keras_l2t.layers import ChannelWeights, FeatureAdapter, PairWeight
 from keras_l2t.methods import get_method
 from keras_l2t.optimizers import CoupledSGD, TorchAdam
-from keras_l2t.pairs import resolve_pairs
+from keras_l2t.pairs import resolve_pairs, source_of
 
 # The batch the meta objective is computed on; see `TransferModel`'s `meta_objective`.
 META_OBJECTIVES = ("train_batch", "held_out")
@@ -71,6 +71,10 @@ class TargetOutputs(NamedTuple):
 class TransferModel(MetaOptimizerInJaxState, keras.Model):
     """Trains `target` from scratch while transferring from a frozen, pretrained `source`.
 
+    `source` may also be several pretrained networks by name; pairs then name their
+    source ("name/layer"), and the "where" networks choose between sources too (not in
+    the paper or the reference code, which take one source).
+
     For every (source layer m, target layer n) pair it owns a 1x1 adapter (part of the
     target's parameters theta) and, depending on `method`, a "what" meta-network (channel
     weights) and a "where" meta-network (pair weight), whose variables phi are trained by
@@ -88,15 +92,23 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
 
     Args:
         source: A built functional Keras model, pretrained; frozen and run in inference
-            mode, once per batch.
+            mode, once per batch. Or a dict of such models by name, e.g.
+            `{"imagenet": resnet, "xray": cnn}`: each takes the batch's images (put the
+            normalisation a source needs inside it, as `keras_l2t.sources.load_source`
+            does), and each with pairs runs once per batch; names may not contain "/".
         target: A functional Keras model whose single output is (batch, classes) logits
             (or probabilities after a softmax).
         pairs: "all", "one_to_one", "single" (with `source_layers` and
             `target_layers`), or a list of (source layer name, target layer name). None
-            takes the method's default preset.
+            takes the method's default preset. With several sources a source layer is
+            "name/layer" (in `source_layers` too), or a pair is (source name, source
+            layer name, target layer name); "all" then spans every source's layers and
+            "single" pairs each source's last layer with the last target layer (see
+            `keras_l2t.pairs.resolve_pairs`).
         method: "l2t_ww" (learned what and where), "l2t_w" (learned what, lambda 1),
             "fm" (uniform weights, no meta step), "at", "lwf", "lwf_at" or "scratch".
-        source_layers: Source layer names for the pair presets.
+        source_layers: Source layer names for the pair presets ("name/layer" with
+            several sources).
         target_layers: Target layer names for the pair presets.
         beta: Weight of the feature-matching loss (0.5 in the paper): a number, or a
             `keras.optimizers.schedules.LearningRateSchedule` of the target optimizer's
@@ -134,7 +146,9 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
 
     Raises:
         ValueError: A layer name that is not in its network (the message lists the valid
-            ones), an unknown method, preset or meta objective, `lookahead_steps < 1` or
+            ones), a source layer without its source's name (several sources), an
+            unknown source name, LwF with several sources, an unknown method, preset or
+            meta objective, `lookahead_steps < 1` or
             `meta_every < 1` (or above 1 for a method without meta-networks), a
             target without a (batch, classes) head or a fixed image size, a float16
             target, or LayerNormalization/GroupNormalization in the target on TensorFlow.
@@ -162,7 +176,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
 
     def __init__(
         self,
-        source: keras.Model,
+        source: keras.Model | Mapping[str, keras.Model],
         target: keras.Model,
         pairs: str | Sequence[Sequence[str]] | None = None,
         method: str = "l2t_ww",
@@ -183,7 +197,9 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         step_module()  # refuses an unsupported backend before any work
         super().__init__(**kwargs)
         self.method = get_method(method)
-        check_source(source)
+        sources = _named_sources(source)
+        for model in sources.values():
+            check_source(model)
         self._from_logits = check_target(target)
         check_precision(target)
         if meta_objective not in META_OBJECTIVES:
@@ -233,8 +249,10 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         self.source_normalization = source_normalization
         self.meta_every = int(meta_every)
 
-        source.trainable = False
-        self.source = source
+        for model in sources.values():
+            model.trainable = False
+        self.source = source  # as given: one model (saved as before) or a dict of them
+        object.__setattr__(self, "_sources", sources)  # by name; "" for a single model
         self.target = target
         self.exact_batch_norm_layers = make_batch_norm_exact(target)
         self._build_taps()
@@ -247,6 +265,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         layers and are kept out of Keras' tracking, so variables are saved once."""
         source_names = list(dict.fromkeys(s for s, _ in self.pairs))
         target_names = list(dict.fromkeys(t for _, t in self.pairs))
+        layers_by_source = self._layers_by_source(source_names)
         self._pair_source_index = [source_names.index(s) for s, _ in self.pairs]
         self._pair_target_index = [target_names.index(t) for _, t in self.pairs]
         # The pairs that share a source (target) layer: their meta-networks (adapters)
@@ -255,14 +274,20 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         self._pairs_by_target = _group(self._pair_target_index)
         distills = self.method.distills_outputs
 
-        source_outputs = [feature_map_output(self.source, n, "source") for n in source_names]
-        if distills:
-            check_target(self.source, role="source")  # LwF distils its class outputs
-            source_outputs.append(self.source.outputs[0])
-        source_taps = (
-            keras.Model(self.source.inputs[0], source_outputs, name="source_taps")
-            if source_outputs else None
-        )
+        # One taps model per source with pairs, and the positions in `source_names` of
+        # its outputs (LwF's class outputs last).
+        source_taps, source_outputs = [], [None] * len(source_names)
+        for name, layers in layers_by_source.items():
+            model = self._sources[name]
+            outputs = [feature_map_output(model, layer, "source") for _, layer in layers]
+            for (position, _), output in zip(layers, outputs):
+                source_outputs[position] = output
+            if distills:
+                check_target(model, role="source")  # LwF distils its class outputs
+                outputs.append(model.outputs[0])
+            suffix = f"_{name}" if name else ""
+            taps = keras.Model(model.inputs[0], outputs, name=f"source_taps{suffix}")
+            source_taps.append((taps, [position for position, _ in layers]))
         target_outputs = [self.target.outputs[0]]
         if distills:
             target_outputs.append(penultimate_features(self.target))
@@ -271,7 +296,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         object.__setattr__(self, "_source_taps", source_taps)
         object.__setattr__(self, "_target_taps", target_taps)
         self._target_shapes = [tuple(t.shape) for t in target_outputs[1 + distills:]]
-        self._source_shapes = [tuple(t.shape) for t in source_outputs[: len(source_names)]]
+        self._source_shapes = [tuple(t.shape) for t in source_outputs]
         for name, shape in zip(target_names, self._target_shapes):
             if None in shape[1:3]:  # source maps are resized to it when the graph is built
                 raise ValueError(
@@ -280,6 +305,30 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
                     "which needs a fixed image size. Build the target on "
                     "keras.Input((height, width, channels))."
                 )
+
+    def _layers_by_source(self, source_layers: list[str]) -> dict[str, list]:
+        """The (position, layer name) of each of `source_layers` by source name, every
+        source with pairs listed; for LwF (no pairs) the one source with no layers."""
+        if self.method.distills_outputs and len(self._sources) > 1:
+            raise ValueError(
+                f"Method '{self.method.name}' distils one source's class outputs; pass a "
+                f"single source model, not {len(self._sources)} "
+                f"({', '.join(self._sources)}).")
+        by_source: dict[str, list] = (
+            {name: [] for name in self._sources} if self.method.distills_outputs else {})
+        several = "" not in self._sources
+        for position, qualified in enumerate(source_layers):
+            name = source_of(qualified) if several else ""
+            if name not in self._sources:
+                raise ValueError(
+                    f"Source layer '{qualified}' "
+                    + (f"names the source '{name}', which is not one of " if name else
+                       "does not name its source: with several sources write "
+                       "'name/layer', the names being ")
+                    + f"{', '.join(self._sources)}.")
+            layer = qualified[len(name) + 1:] if several else qualified
+            by_source.setdefault(name, []).append((position, layer))
+        return by_source
 
     def _build_pair_modules(self):
         self.adapters, self.channel_weight_networks, self.pair_weight_networks = [], [], []
@@ -302,8 +351,9 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
                 self.pair_weight_networks.append(network)
         self.distillation_head = None
         if self.method.distills_outputs:
+            source = next(iter(self._sources.values()))
             self.distillation_head = keras.layers.Dense(
-                self.source.outputs[0].shape[-1], name="distillation_head", dtype=self._loss_dtype
+                source.outputs[0].shape[-1], name="distillation_head", dtype=self._loss_dtype
             )
             self.distillation_head.build(penultimate_features(self.target).shape)
 
@@ -425,18 +475,21 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         return self.target(inputs, training=training)
 
     def _source_outputs(self, x) -> SourceOutputs:
-        """Runs the frozen source once for the batch and prepares each pair's source side."""
-        if self._source_taps is None:
+        """Runs each frozen source with pairs once for the batch and prepares each pair's
+        source side."""
+        if not self._source_taps:
             return SourceOutputs([], [])
-        outputs = [
-            ops.cast(ops.stop_gradient(o), self._loss_dtype)
-            for o in as_list(self._source_taps(x, training=False))
-        ]
+        outputs = [None] * len(self._source_shapes)
         logits = None
-        if self.method.distills_outputs:
-            logits = outputs.pop()
-            if not outputs_logits(self.source):
-                logits = ops.log(ops.maximum(logits, 1e-12))  # softmax(log p / T) ~ p^(1/T)
+        for taps, positions in self._source_taps:
+            values = [ops.cast(ops.stop_gradient(o), self._loss_dtype)
+                      for o in as_list(taps(x, training=False))]
+            if self.method.distills_outputs:  # one source (see `_layers_by_source`)
+                logits = values.pop()
+                if not outputs_logits(next(iter(self._sources.values()))):
+                    logits = ops.log(ops.maximum(logits, 1e-12))  # softmax(log p/T) ~ p^(1/T)
+            for position, value in zip(positions, values):
+                outputs[position] = value
         if self.source_normalization == "rms":
             outputs = [losses.rms_normalized(o) for o in outputs]
         maps = [
@@ -793,7 +846,11 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
     def get_config(self):
         return {
             **super().get_config(),
-            "source": keras.saving.serialize_keras_object(self.source),
+            "source": (
+                {name: keras.saving.serialize_keras_object(model)
+                 for name, model in self._sources.items()}
+                if "" not in self._sources else
+                keras.saving.serialize_keras_object(self.source)),
             "target": keras.saving.serialize_keras_object(self.target),
             "pairs": [list(pair) for pair in self.pairs] or None,
             "method": self.method.name,
@@ -812,12 +869,31 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        for key in ("source", "target"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
+        config["target"] = keras.saving.deserialize_keras_object(config["target"])
+        source = config["source"]
+        several = all(isinstance(value, dict) for value in source.values())
+        config["source"] = (
+            {name: keras.saving.deserialize_keras_object(value)
+             for name, value in source.items()}
+            if several else keras.saving.deserialize_keras_object(source))
         for key in ("beta", "attention_beta"):
             if isinstance(config.get(key), dict):  # a schedule
                 config[key] = keras.optimizers.schedules.deserialize(config[key])
         return cls(**config)
+
+
+def _named_sources(source) -> dict[str, keras.Model]:
+    """`source` by name: {"": source} for one model, else the dict, checked."""
+    if not isinstance(source, Mapping):
+        return {"": source}
+    if not source:
+        raise ValueError("source is an empty dict; give at least one source model.")
+    for name in source:
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError(
+                f"Source names must be non-empty strings without '/' (pairs write "
+                f"'name/layer'), got {name!r}.")
+    return dict(source)
 
 
 def _group(indices: list[int]) -> list[list[int]]:
