@@ -73,6 +73,18 @@ repeated over RGB, ImageNet mean/std as the source was trained with):
     python benchmarks/fashion_mnist_transfer.py --settings=T_N10 \
         --methods=scratch,fm,at,l2t_ww,l2t_ww_held_out --seeds=0,1,2,3,4 --steps=300
 
+Several sources (`TransferModel(source={"source_all": ..., "source_random": ...})`): R_N5
+is A_N5's target with an unhelpful source alone, `cnn_32_64_128` with its random initial
+weights (`RANDOM_SOURCE_SEED`, never trained); M_N5 is the same target with source_all
+and the random source together, pairs "all" over both sources' taps (6 x 3 = 18 pairs,
+source layers written "source_all/block1_out" etc.). The summary then adds a table: each
+M_N5 row against the same recipe with each source alone (A_N5, R_N5), paired by seed,
+and the mean pair weight of each source's pairs over training:
+
+    python benchmarks/fashion_mnist_transfer.py --settings=M_N5,R_N5,A_N5 \
+        --methods=scratch,l2t_ww,l2t_ww_rms --seeds=0,1,2,3,4 --steps=300 \
+        --plot_pair_weights=docs/images/fashion_mnist_two_sources_pair_weights.png
+
 Methods: scratch, fm (single pair), at (one-to-one), l2t_w (one-to-one), l2t_ww
 (all-to-all, 3 x 3 pairs). Each row of the table is a recipe (`RECIPES`, the names that
 `--methods` takes): a method with its pairs, extra `TransferModel` arguments and the
@@ -142,6 +154,10 @@ SETTINGS: dict[str, tuple[str, list[int] | None, int]] = {
     "X_N100": ("source_all", None, 100),
     "XI_N10": ("source_all", None, 10),
     "T_N10": ("authors_resnet32", None, 10),
+    # A's target with an unhelpful source alone, and with the helpful and the unhelpful
+    # source together (`TransferModel(source={...})`; source names joined by "+").
+    "R_N5": ("source_random", None, 5),
+    "M_N5": ("source_all+source_random", None, 5),
 }
 # The settings a call runs without --settings (the recorded table's; X_* on request).
 DEFAULT_SETTINGS = ("A_N5", "A_N20", "B_N10")
@@ -152,6 +168,10 @@ PERMUTED_SETTINGS: dict[str, bool] = {"X_N10": False, "X_N100": False, "XI_N10":
 PERMUTATION_SEED = 1919
 IMAGE_SIZE = 32
 SOURCES: dict[str, list[int] | None] = {"source_all": None, "source_0_4": [0, 1, 2, 3, 4]}
+# An unhelpful source: SOURCE_NET with its initial random weights, never trained (its
+# inference-mode batch norm is the identity); the same weights in every session.
+RANDOM_SOURCE = "source_random"
+RANDOM_SOURCE_SEED = 2323
 # A real pretrained source, not trained here: the authors' Tiny ImageNet ResNet-32
 # (natural RGB images, 200 classes), converted by convert_source.py (`--authors_source`).
 AUTHORS_SOURCE = "authors_resnet32"
@@ -384,9 +404,22 @@ def target_data(args: argparse.Namespace, setting: str, recipe: Recipe, seed: in
     return data, (None if data.meta is None else (data.meta, data.num_meta))
 
 
-def cached_source(args: argparse.Namespace, name: str) -> tuple[keras.Model, float]:
+def cached_source(args: argparse.Namespace, name: str) -> tuple[Any, float | None]:
     """Pretrains (once) and loads a source; returns it and its test accuracy (None for
-    the authors' network, whose 200 classes are not Fashion-MNIST's)."""
+    the authors' network, whose 200 classes are not Fashion-MNIST's). Several sources
+    ("a+b") come back as a dict by name, with the first one's accuracy."""
+    if "+" in name:
+        loaded = {part: cached_source(args, part) for part in name.split("+")}
+        return ({part: model for part, (model, _) in loaded.items()},
+                next(iter(loaded.values()))[1])
+    if name == RANDOM_SOURCE:
+        keras.utils.set_random_seed(RANDOM_SOURCE_SEED)
+        network = small_cnn(SOURCE_NET, 10, (32, 32, 3), exact_batch_norm=False)
+        data = data_for(args, None, 0, SOURCE_TRAIN, seed=0, batch_size=128)
+        accuracy = _accuracy(network, data.test)
+        print(f"Source {name}: random weights (seed {RANDOM_SOURCE_SEED}), test accuracy "
+              f"{accuracy:.4f}", flush=True)
+        return network, accuracy
     if name == AUTHORS_SOURCE:
         if not os.path.exists(args.authors_source):
             raise SystemExit(
@@ -482,7 +515,7 @@ def probe(args: argparse.Namespace, seed: int) -> None:
 
 
 def run_one(args: argparse.Namespace, setting: str, recipe_name: str, seed: int,
-            source: keras.Model, meta_learning_rate: float,
+            source: keras.Model | dict[str, keras.Model], meta_learning_rate: float,
             held_out: tf.data.Dataset | None = None) -> dict[str, Any]:
     recipe = RECIPES[recipe_name]
     method = recipe.method
@@ -496,6 +529,8 @@ def run_one(args: argparse.Namespace, setting: str, recipe_name: str, seed: int,
     if pairs is not None:
         source_taps = (AUTHORS_SOURCE_TAPS if SETTINGS[setting][0] == AUTHORS_SOURCE
                        else small_cnn_taps(SOURCE_NET))
+        if isinstance(source, dict):  # several sources: "name/layer"
+            source_taps = [f"{name}/{layer}" for name in source for layer in source_taps]
         kwargs.update(pairs=pairs, source_layers=source_taps,
                       target_layers=small_cnn_taps(TARGET_NET))
     if meta_every_of(recipe, args) > 1:
@@ -670,6 +705,55 @@ def _std(values: np.ndarray) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
 
 
+def several_sources(results: list[dict[str, Any]]) -> str:
+    """For each setting with several sources: each recipe's accuracy there and with each
+    source alone (the settings of the same target), the paired difference of "all
+    sources" to each source alone, and the mean pair weight of each source's pairs
+    (last logging chunk, mean over seeds)."""
+    lines = []
+    for setting, (name, classes, samples) in SETTINGS.items():
+        if "+" not in name:
+            continue
+        alone = {part: other for part in name.split("+") for other, spec in SETTINGS.items()
+                 if spec == (part, classes, samples)}
+        together = _by_row(results, setting, "test_accuracy")
+        for recipe, accs in together.items():
+            if recipe == "scratch":
+                continue
+            cells = []
+            for part, other in alone.items():
+                single = _by_row(results, other, "test_accuracy").get(recipe, {})
+                diffs, t = _paired(accs, single)
+                if len(diffs):
+                    cells.append(f"{other} ({part} alone) {np.mean(list(single.values())):.2f}, "
+                                 f"{setting} - {other}: {diffs.mean():+.2f} ± {_std(diffs):.2f}"
+                                 f" (t {t:+.1f}, {int(np.sum(diffs > 0))}/{len(diffs)})")
+            weights = _source_pair_weights(results, setting, recipe)
+            lines.append(f"| {setting} | {recipe} | {np.mean(list(accs.values())):.2f} "
+                         f"(n={len(accs)}) | {'; '.join(cells) or '–'} | {weights or '–'} |")
+    if not lines:
+        return ""
+    return "\n".join(["| setting | recipe | test accuracy | vs each source alone, paired | "
+                      "mean lambda by source, first -> last chunk |",
+                      "| --- | --- | --- | --- | --- |", *lines])
+
+
+def _source_pair_weights(results: list[dict[str, Any]], setting: str, recipe: str) -> str:
+    """"name first -> last" per source: its pairs' mean lambda, averaged over seeds."""
+    runs = [r for r in results if r["setting"] == setting and row_name(r) == recipe
+            and r.get("lambda_by_chunk")]
+    if not runs:
+        return ""
+    pairs = [detail["pair"][0] for detail in runs[0]["pairs_detail"]]
+    lambdas = np.array([r["lambda_by_chunk"] for r in runs], dtype=float)  # seeds, chunks, pairs
+    cells = []
+    for name in dict.fromkeys(pair.split("/")[0] for pair in pairs):
+        mine = [i for i, pair in enumerate(pairs) if pair.split("/")[0] == name]
+        mean = lambdas[:, :, mine].mean(axis=(0, 2))
+        cells.append(f"{name} {mean[0]:.2f} -> {mean[-1]:.2f}")
+    return "; ".join(cells)
+
+
 def evidence(results: list[dict[str, Any]]) -> str:
     """Per L2T run: meta_ce first/last chunk, lambda range, entropy deficit, |d phi|."""
     lines = ["| setting | recipe | meta lr | seed | meta_ce first -> last | ce first -> last |"
@@ -715,8 +799,15 @@ def plot_pair_weights(results: list[dict[str, Any]], setting: str, path: str) ->
     for axis, (name, runs) in zip(axes[0], sorted(rows.items())):
         lambdas = np.array([r["lambda_by_chunk"] for r in runs], dtype=float)
         steps = np.linspace(0, runs[0]["steps"], lambdas.shape[1] + 1)[1:]
+        # With several sources ("name/layer"), one colour per source.
+        sources = list(dict.fromkeys(d["pair"][0].split("/")[0]
+                                     for d in runs[0]["pairs_detail"]))
+        several = all("/" in d["pair"][0] for d in runs[0]["pairs_detail"])
         for i, pair in enumerate(runs[0]["pairs_detail"]):
-            axis.plot(steps, lambdas[:, :, i].mean(axis=0), label=" -> ".join(pair["pair"]))
+            colour = (dict(color=f"C{sources.index(pair['pair'][0].split('/')[0])}")
+                      if several else {})
+            axis.plot(steps, lambdas[:, :, i].mean(axis=0), label=" -> ".join(pair["pair"]),
+                      linewidth=1.0, **colour)
         axis.set_title(f"{setting}: {name}, {len(runs)} seeds", fontsize=9)
         axis.set_xlabel("step")
         axis.axhline(0.0, color="grey", linewidth=0.5)
@@ -783,6 +874,10 @@ def main(argv: list[str]) -> None:
             and r["beta"] == args.beta] if jobs else results
     print(summarise(mine))
     print()
+    comparison = several_sources(mine)
+    if comparison:
+        print(comparison)
+        print()
     print(evidence(mine))
     if args.plot_pair_weights:
         plot_pair_weights(mine, settings[0], args.plot_pair_weights)
