@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 from backends import BACKEND, tensorflow_only, to_numpy, variable_gradients
+from finite_differences import finite_difference, relative_error
 from toy_networks import toy_batch, toy_transfer_model
 
 import keras_l2t
@@ -24,46 +25,6 @@ def _compiled_model(lookahead_steps, meta_objective="train_batch"):
     return model
 
 
-def _meta_objective(model, x, y, meta_batch=None):
-    """L_org(theta_{T+1}) at the variables' current values, as a Python float.
-
-    On TensorFlow it runs as one graph, traced once (the unused gradient is pruned);
-    on JAX `meta_gradient` is compiled already.
-    """
-    if BACKEND != "tensorflow":
-        return lambda: float(model.meta_gradient(x, y, meta_batch=meta_batch)[0])
-    import tensorflow as tf
-
-    graph = tf.function(lambda: model.meta_gradient(x, y, meta_batch=meta_batch)[0])
-    return lambda: float(graph())
-
-
-def _finite_difference(model, x, y, eps=1e-5, meta_batch=None):
-    """Central differences of the meta objective, one phi entry at a time."""
-    meta_objective = _meta_objective(model, x, y, meta_batch)
-    grads = []
-    for variable in model._phi_variables:
-        base = variable.numpy()
-        grad = np.zeros_like(base)
-        for index in np.ndindex(base.shape):
-            values = []
-            for sign in (1.0, -1.0):
-                shifted = base.copy()
-                shifted[index] += sign * eps
-                variable.assign(shifted)
-                values.append(meta_objective())
-            grad[index] = (values[0] - values[1]) / (2 * eps)
-        variable.assign(base)
-        grads.append(grad)
-    return grads
-
-
-def _relative_error(a, b):
-    a = np.concatenate([np.ravel(t) for t in a])
-    b = np.concatenate([np.ravel(t) for t in b])
-    return np.linalg.norm(a - b) / np.linalg.norm(b)
-
-
 @pytest.mark.parametrize("lookahead_steps", [1, 2])
 def test_meta_gradient_matches_finite_differences_through_batch_norm(float64, lookahead_steps):
     """On JAX the target's BatchNormalization is Keras' own, unswitched: exact as it is."""
@@ -73,8 +34,8 @@ def test_meta_gradient_matches_finite_differences_through_batch_norm(float64, lo
     assert {v.dtype for v in model._theta_variables + model._phi_variables} == {"float64"}
     _, analytic = model.meta_gradient(x, y)
     analytic = [to_numpy(g) for g in analytic]
-    numeric = _finite_difference(model, x, y)
-    error = _relative_error(analytic, numeric)
+    numeric = finite_difference(model, x, y)
+    error = relative_error(analytic, numeric)
     assert np.linalg.norm(np.concatenate([g.ravel() for g in numeric])) > 1e-6
     assert error < 1e-6, error
 
@@ -88,13 +49,13 @@ def test_held_out_meta_gradient_matches_finite_differences(float64):
     model.train_on_batch((x, y), meta_batch)  # non-zero momentums, moved BN statistics
     meta_loss, analytic = model.meta_gradient(x, y, meta_batch=meta_batch)
     analytic = [to_numpy(g) for g in analytic]
-    numeric = _finite_difference(model, x, y, meta_batch=meta_batch)
+    numeric = finite_difference(model, x, y, meta_batch=meta_batch)
     assert np.linalg.norm(np.concatenate([g.ravel() for g in numeric])) > 1e-6
-    assert _relative_error(analytic, numeric) < 1e-6
+    assert relative_error(analytic, numeric) < 1e-6
     # Not the training batch's objective: another value and another gradient.
     train_loss, train_grads = model.meta_gradient(x, y, meta_batch=(x, y))
     assert abs(float(train_loss) - float(meta_loss)) > 1e-3
-    assert _relative_error([to_numpy(g) for g in train_grads], numeric) > 1e-2
+    assert relative_error([to_numpy(g) for g in train_grads], numeric) > 1e-2
 
 
 @pytest.mark.parametrize("meta_objective", ["train_batch", "held_out"])
@@ -154,12 +115,12 @@ def test_stock_batch_norm_gives_a_wrong_meta_gradient(float64):
     """Why the target's BN is switched: TF's tf.nn.moments loses a second-order term."""
     model = _compiled_model(1)
     x, y = toy_batch(n=6, seed=3, dtype="float64")
-    numeric = _finite_difference(model, x, y)
+    numeric = finite_difference(model, x, y)
     for layer in model.target.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = False  # undo the fix
     _, analytic = model.meta_gradient(x, y)
-    assert _relative_error([to_numpy(g) for g in analytic], numeric) > 1e-3
+    assert relative_error([to_numpy(g) for g in analytic], numeric) > 1e-3
 
 
 def test_user_batch_norm_is_made_exact():

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 from backends import BACKEND, to_numpy
+from finite_differences import meta_objective
 from toy_networks import conv_net, toy_batch
 
 import keras_l2t
@@ -42,16 +43,6 @@ def resnet_transfer(float64):
     return model, x, y
 
 
-def _objective(model, x, y):
-    """L_org(theta_{T+1}) at the variables' current values, as a float."""
-    if BACKEND != "tensorflow":
-        return lambda: float(model.meta_gradient(x, y)[0])
-    import tensorflow as tf
-
-    graph = tf.function(lambda: model.meta_gradient(x, y)[0])
-    return lambda: float(graph())
-
-
 def _directional_errors(model, x, y, directions=2, eps=1e-6):
     """Relative errors of the analytic directional derivatives against central differences.
 
@@ -60,7 +51,7 @@ def _directional_errors(model, x, y, directions=2, eps=1e-6):
     """
     _, analytic = model.meta_gradient(x, y)
     analytic = [to_numpy(g) for g in analytic]
-    objective = _objective(model, x, y)
+    objective = meta_objective(model, x, y)
     phi = model._phi_variables
     base = [v.numpy() if hasattr(v, "numpy") else to_numpy(v) for v in phi]
     rng = np.random.default_rng(0)
