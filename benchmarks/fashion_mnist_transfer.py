@@ -251,13 +251,18 @@ def meta_every_of(recipe: Recipe, args: argparse.Namespace) -> int:
     return args.meta_every if recipe.method in META_METHODS else 1
 
 
+def lookahead_steps_of(recipe: Recipe, args: argparse.Namespace) -> int:
+    """--lookahead_steps (T) for a meta-learned recipe, the paper's 2 for the others."""
+    return args.lookahead_steps if recipe.method in META_METHODS else 2
+
+
 def run_key(setting: str, recipe: str, seed: int, meta_learning_rate: float, steps: int,
             augmentation: str, beta: float, meta_optimizer: str,
             meta_fraction: float | None, dtype_policy: str = "float32",
-            meta_every: int = 1) -> tuple:
+            meta_every: int = 1, lookahead_steps: int = 2) -> tuple:
     """What identifies a run in results.json (a rerun skips a key already there)."""
     return (setting, recipe, seed, meta_learning_rate, steps, augmentation, beta,
-            meta_optimizer, meta_fraction, dtype_policy, meta_every)
+            meta_optimizer, meta_fraction, dtype_policy, meta_every, lookahead_steps)
 
 
 def stored_key(result: dict[str, Any]) -> tuple:
@@ -265,7 +270,7 @@ def stored_key(result: dict[str, Any]) -> tuple:
                    result["meta_learning_rate"], result["steps"], result["augmentation"],
                    result["beta"], recorded_meta_optimizer(result),
                    result.get("meta_fraction"), result.get("dtype_policy", "float32"),
-                   result.get("meta_every", 1))
+                   result.get("meta_every", 1), result.get("lookahead_steps", 2))
 
 
 def check_recipes(names: list[str]) -> None:
@@ -341,6 +346,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--meta_every", type=int, default=1,
                         help="Meta-learned recipes: the lookahead and meta step on every "
                              "k-th iteration only (TransferModel(meta_every=k)).")
+    parser.add_argument("--lookahead_steps", type=int, default=2,
+                        help="Meta-learned recipes: T, the lookahead's steps on the "
+                             "matching loss (the paper's 2).")
     parser.add_argument("--dtype_policy", default="float32",
                         help="The target's, adapters' and meta-networks' Keras dtype policy "
                              "(e.g. mixed_bfloat16); the source stays float32.")
@@ -361,6 +369,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="Diagnostic only: train L2T-ww on A_N5 (first seed) and measure "
                              "the meta-gradient on training vs held-out batches over training.")
     parser.add_argument("--tag", default="", help="Label stored with every run of this call.")
+    parser.add_argument("--accuracy_and_time", action="store_true",
+                        help="Also print every (row, steps) of the settings, whatever its "
+                             "step budget, against l2t_ww at --steps, with its training "
+                             "time and whether it is on the Pareto front.")
+    parser.add_argument("--iteration_seconds", default="",
+                        help="With --accuracy_and_time / --plot_accuracy_time: mean seconds "
+                             "per iteration by kind, measured apart with step_time.py on an "
+                             "idle machine, e.g. scratch=0.01,k1T2=0.1,k4T1=0.03; a run's "
+                             "time is then steps x that (its own wall time otherwise).")
+    parser.add_argument("--plot_accuracy_time", default="",
+                        help="Write a picture of accuracy against training time (one panel "
+                             "per setting, every (row, steps)) to this PNG path.")
     parser.add_argument("--plot_pair_weights", default="",
                         help="Write a picture of every pair's lambda over training (mean over "
                              "seeds) per L2T-ww row of the first setting to this PNG path.")
@@ -535,6 +555,8 @@ def run_one(args: argparse.Namespace, setting: str, recipe_name: str, seed: int,
                       target_layers=small_cnn_taps(TARGET_NET))
     if meta_every_of(recipe, args) > 1:
         kwargs["meta_every"] = meta_every_of(recipe, args)
+    if recipe.method in META_METHODS:
+        kwargs["lookahead_steps"] = args.lookahead_steps
     chunk = max(1, args.steps // args.chunks)
     chunks = math.ceil(args.steps / chunk)
     total_steps = chunk * chunks
@@ -574,6 +596,7 @@ def run_one(args: argparse.Namespace, setting: str, recipe_name: str, seed: int,
         "steps": total_steps, "batch_size": args.batch_size, "beta": args.beta,
         "augmentation": args.augmentation, "tag": args.tag,
         "dtype_policy": args.dtype_policy, "meta_every": meta_every_of(recipe, args),
+        "lookahead_steps": lookahead_steps_of(recipe, args),
         "beta_schedule": recipe.beta_schedule,
         "meta_optimizer": meta_optimizer_of(method, args.meta_optimizer),
         "num_train": data.num_train, "num_test": data.num_test,
@@ -633,6 +656,9 @@ def row_name(result: dict[str, Any]) -> str:
     name = recipe_of(result) + (f" (meta lr {result['meta_learning_rate']:g})"
                                 if meta and result["meta_learning_rate"] != 1e-4 else "")
     name += " (Keras Adam)" if recorded_meta_optimizer(result) == "keras_adam" else ""
+    name += f" (k {result['meta_every']})" if result.get("meta_every", 1) != 1 else ""
+    name += (f" (T {result['lookahead_steps']})" if result.get("lookahead_steps", 2) != 2
+             else "")
     fraction = result.get("meta_fraction")
     return name + (f" (meta fraction {fraction:g})" if fraction not in (None, 0.2) else "")
 
@@ -777,6 +803,102 @@ def evidence(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def parse_iteration_seconds(text: str) -> dict[str, float]:
+    """"scratch=0.01,k1T2=0.08,..." (step_time.py's mean seconds per iteration) -> dict."""
+    seconds = {}
+    for item in filter(None, text.split(",")):
+        name, _, value = item.partition("=")
+        seconds[name.strip()] = float(value)
+    return seconds
+
+
+def run_seconds(result: dict[str, Any], iteration_seconds: dict[str, float]) -> float:
+    """A run's training time: steps x the measured iteration time of its kind (k, T) when
+    `iteration_seconds` has it, else the run's own wall time."""
+    kind = ("scratch" if result["method"] == "scratch" else
+            f"k{result.get('meta_every', 1)}T{result.get('lookahead_steps', 2)}")
+    if kind in iteration_seconds:
+        return result["steps"] * iteration_seconds[kind]
+    return result["train_seconds"]
+
+
+def _cost_rows(results: list[dict[str, Any]], setting: str) -> dict[tuple, dict[int, dict]]:
+    """The runs of `setting` by (row name, steps), then by seed."""
+    rows: dict[tuple, dict[int, dict]] = {}
+    for r in results:
+        if r["setting"] == setting:
+            rows.setdefault((row_name(r), r["steps"]), {})[r["seed"]] = r
+    return rows
+
+
+def accuracy_and_time(results: list[dict[str, Any]], settings: list[str],
+                      reference: tuple[str, int], iteration_seconds: dict[str, float]) -> str:
+    """Every (row, steps) of `settings`, whatever its step budget: accuracy, the paired
+    difference to `reference` (row name, steps) and the mean training seconds per run,
+    marking the rows on the Pareto front (no other row both faster and more accurate).
+    Seconds: see `run_seconds`."""
+    lines = ["| setting | row | steps | runs | test accuracy (mean ± std) | vs "
+             f"{reference[0]} at {reference[1]} steps, paired (t, wins) | train seconds per "
+             "run (mean) | Pareto front |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for setting in settings:
+        rows = _cost_rows(results, setting)
+        means = {key: (np.mean([run_seconds(r, iteration_seconds) for r in runs.values()]),
+                       100 * np.mean([r["test_accuracy"] for r in runs.values()]))
+                 for key, runs in rows.items()}
+        base = {seed: 100 * r["test_accuracy"] for seed, r in rows.get(reference, {}).items()}
+        for key in sorted(rows, key=lambda k: means[k][0]):
+            accs = {seed: 100 * r["test_accuracy"] for seed, r in rows[key].items()}
+            values = np.array(list(accs.values()))
+            diffs, t = _paired(accs, base) if key != reference else (np.array([]), 0.0)
+            versus = (f"{diffs.mean():+.2f} ± {_std(diffs):.2f} ({t:+.1f}, "
+                      f"{int(np.sum(diffs > 0))}/{len(diffs)})" if len(diffs) else "–")
+            front = not any(other[0] <= means[key][0] and other[1] > means[key][1]
+                            for k, other in means.items() if k != key)
+            lines.append(f"| {setting} | {key[0]} | {key[1]} | {len(values)} | "
+                         f"{values.mean():.2f} ± {_std(values):.2f} | {versus} | "
+                         f"{means[key][0]:.0f} | {'yes' if front else ''} |")
+    return "\n".join(lines)
+
+
+def plot_accuracy_time(results: list[dict[str, Any]], settings: list[str], path: str,
+                       iteration_seconds: dict[str, float]) -> None:
+    """One panel per setting: mean test accuracy (± its standard error over the seeds)
+    against the mean training seconds per run, one point per (row, steps); the Pareto
+    front joined by a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4.2),
+                                squeeze=False)
+    for axis, setting in zip(axes[0], settings):
+        points = []
+        for (name, steps), runs in _cost_rows(results, setting).items():
+            accs = np.array([100 * r["test_accuracy"] for r in runs.values()])
+            seconds = np.mean([run_seconds(r, iteration_seconds) for r in runs.values()])
+            error = _std(accs) / math.sqrt(len(accs)) if len(accs) > 1 else 0.0
+            points.append((seconds, accs.mean(), error, f"{name}, {steps}"))
+        points.sort()
+        for seconds, accuracy, error, label in points:
+            axis.errorbar(seconds, accuracy, yerr=error, fmt="o", markersize=4, capsize=2)
+            axis.annotate(label, (seconds, accuracy), fontsize=6, xytext=(3, 3),
+                          textcoords="offset points")
+        front, best = [], -np.inf
+        for seconds, accuracy, _, _ in points:
+            if accuracy > best:
+                front.append((seconds, accuracy))
+                best = accuracy
+        axis.plot(*zip(*front), color="grey", linewidth=0.8, zorder=0)
+        axis.set_xscale("log")
+        axis.set_xlabel("training seconds per run (mean)")
+        axis.set_title(f"{setting}: accuracy against training time", fontsize=9)
+    axes[0][0].set_ylabel("test accuracy % (mean ± s.e.)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    print(f"Accuracy against training time: {path}")
+
+
 def plot_pair_weights(results: list[dict[str, Any]], setting: str, path: str) -> None:
     """One panel per L2T-ww row of `setting`: each pair's lambda (batch mean, averaged
     over a logging chunk) against the training step, mean over the seeds."""
@@ -852,7 +974,8 @@ def main(argv: list[str]) -> None:
                       args.augmentation, args.beta,
                       meta_optimizer_of(recipe.method, args.meta_optimizer),
                       args.meta_fraction if recipe.meta_data == CARVE else None,
-                      args.dtype_policy, meta_every_of(recipe, args))
+                      args.dtype_policy, meta_every_of(recipe, args),
+                      lookahead_steps_of(recipe, args))
         if key in done:
             continue
         source_name = SETTINGS[setting][0]
@@ -881,6 +1004,13 @@ def main(argv: list[str]) -> None:
     print(evidence(mine))
     if args.plot_pair_weights:
         plot_pair_weights(mine, settings[0], args.plot_pair_weights)
+    if args.accuracy_and_time:
+        print()
+        print(accuracy_and_time(results, settings, ("l2t_ww", key[4] if jobs else args.steps),
+                                parse_iteration_seconds(args.iteration_seconds)))
+    if args.plot_accuracy_time:
+        plot_accuracy_time(results, settings, args.plot_accuracy_time,
+                           parse_iteration_seconds(args.iteration_seconds))
 
 
 if __name__ == "__main__":
