@@ -952,6 +952,8 @@ def _train_transfer(config: ExperimentConfig, strategy: Strategy, callbacks: lis
          f"{splits.num_classes} classes, {len(model.pairs)} pairs), "
          f"{strategy.num_replicas_in_sync} replica(s) on {keras.backend.backend()}, "
          f"{data.steps_per_epoch} steps/epoch.")
+    if model.pairs:
+        _log(pairs_text(model.pairs))
     if start >= config.epochs:
         _log(f"All {config.epochs} epochs were trained before; finishing.")
     elif start:
@@ -979,6 +981,7 @@ def _train_transfer(config: ExperimentConfig, strategy: Strategy, callbacks: lis
         "dataset": config.dataset,
         "source": config.source,
         "target": config.target,
+        "pairs": [list(pair) for pair in model.pairs],
         "epochs": config.epochs,
         "best_epoch": state.best_epoch,
         "best_val_accuracy": best_val if splits.num_val else None,
@@ -1015,6 +1018,28 @@ def _train_transfer(config: ExperimentConfig, strategy: Strategy, callbacks: lis
         _log(f"Results in {work_dir.path(config.work_dir, work_dir.RESULTS)}; the target as "
              f"{work_dir.TARGET} and, for serving, the SavedModel {work_dir.EXPORT}/ there.")
     return results
+
+
+def pairs_text(pairs: list[tuple[str, str]], width: int = 100) -> str:
+    """The pairs numbered as the logs' `lambda_<i>` / `entropy_<i>` columns, wrapped
+    between pairs at `width` characters.
+
+    Example:
+        >>> from keras_l2t.experiment.run import pairs_text
+        >>> print(pairs_text([("a/s1", "t1"), ("a/s1", "t2"), ("b/s1", "t2")], width=40))
+        pairs: 0 a/s1 -> t1, 1 a/s1 -> t2,
+               2 b/s1 -> t2
+    """
+    digits = len(str(len(pairs) - 1))
+    items = [f"{i:0{digits}d} {source} -> {target}" for i, (source, target) in enumerate(pairs)]
+    lines = [f"pairs: {items[0]}"]
+    for item in items[1:]:
+        if len(lines[-1]) + 2 + len(item) <= width:
+            lines[-1] += f", {item}"
+        else:
+            lines[-1] += ","
+            lines.append(" " * len("pairs: ") + item)
+    return "\n".join(lines)
 
 
 def _fingerprint(network: keras.Model) -> str:

@@ -29,6 +29,10 @@ def test_work_dir_holds_config_logs_checkpoints_and_results(finished_run):
     results = load_json(os.path.join(work_dir, "results.json"))
     assert 1 <= results["best_epoch"] <= 3
     assert 0.0 <= results["test_accuracy"] <= 1.0 and results["num_test"] == 20
+    taps = ("stage1_out", "stage2_out")
+    assert results["pairs"] == [[s, t] for s in taps for t in taps]
+    assert "sources" not in results  # one source
+    assert "pairs: 0 stage1_out -> stage1_out, 1 stage1_out -> stage2_out," in process.stdout
     with open(os.path.join(work_dir, "log.csv")) as f:
         header, *rows = f.read().splitlines()
     assert len(rows) == 3 and "val_accuracy" in header and "matching_loss" in header
