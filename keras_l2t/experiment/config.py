@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from typing import Any
 
@@ -67,11 +68,17 @@ class ExperimentConfig:
     # Source.
     source: str | None = _field(None, "A keras-hub preset (hub:hf://timm/resnet34.tv_in1k, "
                                 "hub:<folder>, ...), an ImageNet source (resnet50_imagenet, "
-                                "...), a network name, or a .keras file. Unused by "
+                                "...), a network name, or a .keras file; or several sources "
+                                "by name, name=SOURCE,name=SOURCE (their layers then "
+                                "'name/layer'; not in the paper). Unused by "
                                 "--method=scratch.")
-    source_weights: str | None = _field(None, "Local weights file for --source.")
-    source_num_classes: int | None = _field(None, "Classes of a network-name source's head.")
-    source_layers: list[str] | None = _field(None, "Source tap layers; default its stages.")
+    source_weights: str | None = _field(None, "Local weights file for --source; with "
+                                        "several sources name=PATH,name=PATH.")
+    source_num_classes: int | None = _field(None, "Classes of a network-name source's head "
+                                            "(of each, with several sources).")
+    source_layers: list[str] | None = _field(None, "Source tap layers ('name/layer' with "
+                                             "several sources); default the stages (of "
+                                             "every source).")
     source_pretrain_epochs: int = _field(0, "Pretrain a network-name --source first, on "
                                          "--source_pretrain_indices of --dataset (cached "
                                          "in <work_dir>/source), with --learning_rate, "
@@ -142,7 +149,8 @@ class ExperimentConfig:
 
     # ---------------------------------------------------------------- checks
     def validate(self) -> None:
-        """Checks the fields on their own (no file or network access).
+        """Checks the fields on their own (no network access; on disk it only looks
+        whether --source names an existing path, see `source_specs`).
 
         The values the library checks itself (the method's networks and arguments,
         `TransferModel`'s) are checked when the run builds them, before it writes.
@@ -217,6 +225,7 @@ class ExperimentConfig:
                 "resnet50_imagenet, a network name, or a .keras file); or use "
                 "--method=scratch."
             )
+        self._check_several_sources()
         if self.pairs == "one_to_one" and self.source_layers and self.target_layers and (
             len(self.source_layers) != len(self.target_layers)
         ):
@@ -255,6 +264,61 @@ class ExperimentConfig:
                 "--meta_objective=held_out; add --meta_objective=held_out, or drop "
                 "--meta_fraction."
             )
+
+    def _check_several_sources(self) -> None:
+        """Several sources: their names and weights read; no pretraining here, no LwF."""
+        from keras_l2t.methods import get_method
+
+        if self.mode != "transfer" or self.method == "scratch":
+            return  # the source is unused
+        specs = self.source_specs()
+        if specs is None:
+            return
+        if self.source_pretrain_epochs:
+            raise ExperimentError(
+                "--source_pretrain_epochs pretrains a single network-name --source; with "
+                "several sources pretrain each with --mode=pretrain_source (the network as "
+                "--target, a --work_dir of its own), then pass the files: "
+                "--source=NAME=WORK_DIR/source.keras,NAME=..."
+            )
+        if get_method(self.method).distills_outputs:
+            raise ExperimentError(
+                f"--method={self.method} distils one source's class outputs; give --source "
+                f"a single source, not {len(specs)} ({', '.join(specs)})."
+            )
+        self.source_weight_files()
+
+    def source_specs(self) -> dict[str, str] | None:
+        """--source's sources by name (name=SOURCE,name=SOURCE), or None for one source.
+
+        A value with "=" is read as entries unless it names an existing file or folder,
+        so a single path with "=" in it still works.
+
+        Raises:
+            ExperimentError: for an entry without a name, a name with '/' or ':', or a
+                name given twice.
+        """
+        if not self.source or "=" not in self.source or os.path.exists(self.source):
+            return None
+        return _named_entries("source", self.source, "SOURCE")
+
+    def source_weight_files(self) -> dict[str, str]:
+        """With several sources, --source_weights by source name (name=PATH entries).
+
+        Raises:
+            ExperimentError: for an entry that is not name=PATH or names no source.
+        """
+        specs = self.source_specs() or {}
+        if not self.source_weights:
+            return {}
+        weights = _named_entries("source_weights", self.source_weights, "PATH")
+        unknown = [name for name in weights if name not in specs]
+        if unknown:
+            raise ExperimentError(
+                f"--source_weights names {', '.join(unknown)}, not a source of --source "
+                f"({', '.join(specs)}); write name=PATH with one of those names."
+            )
+        return weights
 
     def pair_list(self) -> str | list[tuple[str, str]] | None:
         """`pairs` as TransferModel takes it: None (the method's default), a preset name,
@@ -312,6 +376,27 @@ def parse_range(name: str, value: str | None) -> range | None:
     if not match or int(match[1]) >= int(match[2]):
         raise ExperimentError(f"--{name} must be START:STOP with START < STOP, got {value!r}.")
     return range(int(match[1]), int(match[2]))
+
+
+def _named_entries(flag: str, value: str, what: str) -> dict[str, str]:
+    """Reads "name=WHAT,name=WHAT" (several sources) into a dict, checking the names.
+
+    Names may not hold "/" (it splits "name/layer"), ":" (it splits --pairs' SRC:TGT),
+    "=" or ",".
+    """
+    entries: dict[str, str] = {}
+    for item in value.split(","):
+        name, _, text = (part.strip() for part in item.partition("="))
+        if not name or not text or "/" in name or ":" in name:
+            raise ExperimentError(
+                f"--{flag}: cannot read {item.strip()!r}; several sources are written "
+                f"name={what},name={what},... with names that hold no '/', ':', '=' or ','."
+            )
+        if name in entries:
+            raise ExperimentError(
+                f"--{flag} names '{name}' twice; give each source its own name.")
+        entries[name] = text
+    return entries
 
 
 def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -120,10 +120,42 @@ def needs_pretraining(config: ExperimentConfig) -> bool:
             and config.source_pretrain_epochs > 0)
 
 
-def build_source(config: ExperimentConfig, num_classes: int, image_size: int) -> keras.Model:
-    """The frozen source: loaded, or freshly built when it will be pretrained here.
+def build_source(config: ExperimentConfig, num_classes: int,
+                 image_size: int) -> keras.Model | dict[str, keras.Model]:
+    """The frozen source, or with several (--source=name=SOURCE,...) the sources by name.
 
     For `--method=scratch` a trivial placeholder (the source is never run).
+
+    Raises:
+        ExperimentError: for an unknown source or a missing file (naming the entry with
+            several sources).
+        keras_l2t.sources.SourceWeightsUnavailable: when ImageNet weights or a keras-hub
+            preset cannot be fetched.
+    """
+    if config.method == "scratch":
+        inputs = keras.Input((image_size, image_size, 3))
+        return keras.Model(inputs, keras.layers.Identity()(inputs), name="no_source")
+    specs = config.source_specs()
+    if specs is None:
+        return build_one_source(config, config.source, config.source_weights, num_classes,
+                                image_size)
+    weights = config.source_weight_files()
+    models = {}
+    for name, spec in specs.items():
+        with _entry_named(name):
+            models[name] = build_one_source(
+                config, spec, weights.get(name), num_classes, image_size,
+                weights_hint=f"--source_weights={name}=PATH")
+    return models
+
+
+def build_one_source(config: ExperimentConfig, name: str, weights: str | None,
+                     num_classes: int, image_size: int,
+                     weights_hint: str = "--source_weights=PATH or --source_pretrain_epochs=N",
+                     ) -> keras.Model:
+    """One frozen source `name` (a --source value) with its weights file: loaded, or
+    freshly built when it will be pretrained here. `weights_hint` is the flag a network
+    name without weights is told to add.
 
     Raises:
         ExperimentError: for an unknown source or a missing file.
@@ -131,10 +163,6 @@ def build_source(config: ExperimentConfig, num_classes: int, image_size: int) ->
             preset cannot be fetched.
     """
     shape = (image_size, image_size, 3)
-    if config.method == "scratch":
-        inputs = keras.Input(shape)
-        return keras.Model(inputs, keras.layers.Identity()(inputs), name="no_source")
-    name = config.source
     source_classes = config.source_num_classes or num_classes
     if needs_pretraining(config):
         if not (networks.is_small_cnn(name) or name in networks.NETWORKS):
@@ -143,14 +171,12 @@ def build_source(config: ExperimentConfig, num_classes: int, image_size: int) ->
             )
         model = build_network(name, source_classes, image_size, exact_batch_norm=False)
     elif networks.is_small_cnn(name):
-        if not config.source_weights:
+        if not weights:
             raise ExperimentError(
-                f"Source '{name}' has no pretrained weights: pass --source_weights=PATH or "
-                "--source_pretrain_epochs=N."
-            )
+                f"Source '{name}' has no pretrained weights: pass {weights_hint}.")
         model = build_network(name, source_classes, image_size, exact_batch_norm=False)
         try:
-            networks.load_weights_file(model, _existing(config.source_weights))
+            networks.load_weights_file(model, _existing(weights))
         except ValueError as error:
             raise ExperimentError(f"--source_weights: {error}") from None
     else:
@@ -182,7 +208,7 @@ def build_source(config: ExperimentConfig, num_classes: int, image_size: int) ->
         try:
             model = sources.load_source(
                 name,
-                weights=config.source_weights,
+                weights=weights,
                 num_classes=config.source_num_classes,
                 input_shape=shape if not name.endswith(".keras") else None,
             )
@@ -194,10 +220,36 @@ def build_source(config: ExperimentConfig, num_classes: int, image_size: int) ->
     return model
 
 
-def build_transfer_model(config: ExperimentConfig, source: keras.Model,
+@contextlib.contextmanager
+def _entry_named(name: str):
+    """Puts "--source entry '<name>': " before the errors of that source."""
+    try:
+        yield
+    except ExperimentError as error:
+        raise ExperimentError(f"--source entry '{name}': {error}") from None
+    except sources.SourceWeightsUnavailable as error:
+        raise sources.SourceWeightsUnavailable(f"--source entry '{name}': {error}") from None
+
+
+def default_source_layers(config: ExperimentConfig,
+                          source: keras.Model | dict[str, keras.Model]) -> list[str]:
+    """The default source taps: the source's stage outputs; with several sources every
+    source's, as "name/layer"."""
+    specs = config.source_specs()
+    if specs is None:
+        return default_layers(config.source, source)
+    layers = []
+    for name, spec in specs.items():
+        with _entry_named(name):
+            layers += [f"{name}/{layer}" for layer in default_layers(spec, source[name])]
+    return layers
+
+
+def build_transfer_model(config: ExperimentConfig,
+                         source: keras.Model | dict[str, keras.Model],
                          target: keras.Model, total_steps: int) -> TransferModel:
-    """The `TransferModel` of the config; the library checks the values. `total_steps`
-    sizes the cosine of `--beta_schedule=cosine`.
+    """The `TransferModel` of the config; the library checks the values. `source` is
+    `build_source`'s; `total_steps` sizes the cosine of `--beta_schedule=cosine`.
 
     Raises:
         ExperimentError: for unknown layer names or pairs, or an argument the
@@ -208,7 +260,7 @@ def build_transfer_model(config: ExperimentConfig, source: keras.Model,
     if method.uses_pairs:
         kwargs = dict(
             pairs=config.pair_list(),
-            source_layers=config.source_layers or default_layers(config.source, source),
+            source_layers=config.source_layers or default_source_layers(config, source),
             target_layers=config.target_layers or default_layers(config.target, target),
         )
     arguments = {name: getattr(config, name) for name in (
@@ -223,11 +275,21 @@ def build_transfer_model(config: ExperimentConfig, source: keras.Model,
     try:
         return TransferModel(source, target, method=config.method, **arguments, **kwargs)
     except LayerNameError as error:
-        flag = "--pairs" if isinstance(config.pair_list(), list) else f"--{error.role}_layers"
-        raise ExperimentError(f"{flag}: {error}") from None
+        raise ExperimentError(f"{_layer_flag(config, error.role)}: {error}") from None
     except ValueError as error:
+        if str(error).startswith(_UNNAMED_SOURCE_LAYER):
+            raise ExperimentError(f"{_layer_flag(config, 'source')}: {error}") from None
         raise ExperimentError(f"{_flag_of(error, arguments)}{error}".replace("\n", " ")
                               ) from None
+
+
+# How TransferModel's message on a source layer of no (or an unknown) source name starts.
+_UNNAMED_SOURCE_LAYER = "Source layer '"
+
+
+def _layer_flag(config: ExperimentConfig, role: str) -> str:
+    """The flag that named a layer of the `role` ("source", "target") network."""
+    return "--pairs" if isinstance(config.pair_list(), list) else f"--{role}_layers"
 
 
 def _flag_of(error: ValueError, arguments: dict) -> str:
@@ -999,6 +1061,8 @@ def _train_transfer(config: ExperimentConfig, strategy: Strategy, callbacks: lis
         "image_size": splits.image_size,
         "target_weights_sha1": _fingerprint(model.target),
     }
+    if isinstance(model.source, dict):  # several sources: each one's --source entry
+        results["sources"] = config.source_specs()
     if chief:
         # The final pictures show the meta-networks of the best epoch (restored above),
         # the one results.json reports; the course over epochs shows every epoch.
