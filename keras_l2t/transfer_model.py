@@ -22,7 +22,7 @@ from keras_l2t._network_checks import (
 from keras_l2t._steps import as_list, step_module, unpack, unpack_training
 from keras_l2t._update_rules import update_rule_for
 from keras_l2t.exact_batch_norm import make_batch_norm_exact
-from keras_l2t.features import feature_map_output
+from keras_l2t.features import LayerNameError, feature_map_output
 from keras_l2t.layers import ChannelWeights, FeatureAdapter, PairWeight
 from keras_l2t.methods import get_method
 from keras_l2t.optimizers import CoupledSGD, TorchAdam
@@ -279,7 +279,11 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         source_taps, source_outputs = [], [None] * len(source_names)
         for name, layers in layers_by_source.items():
             model = self._sources[name]
-            outputs = [feature_map_output(model, layer, "source") for _, layer in layers]
+            try:
+                outputs = [feature_map_output(model, layer, "source") for _, layer in layers]
+            except LayerNameError as error:  # say which source, its model name may repeat
+                raise (LayerNameError(f"Source '{name}': {error}", "source") if name
+                       else error) from None
             for (position, _), output in zip(layers, outputs):
                 source_outputs[position] = output
             if distills:
@@ -320,12 +324,12 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         for position, qualified in enumerate(source_layers):
             name = source_of(qualified) if several else ""
             if name not in self._sources:
-                raise ValueError(
+                raise LayerNameError(
                     f"Source layer '{qualified}' "
                     + (f"names the source '{name}', which is not one of " if name else
                        "does not name its source: with several sources write "
                        "'name/layer', the names being ")
-                    + f"{', '.join(self._sources)}.")
+                    + f"{', '.join(self._sources)}.", "source")
             layer = qualified[len(name) + 1:] if several else qualified
             by_source.setdefault(name, []).append((position, layer))
         return by_source

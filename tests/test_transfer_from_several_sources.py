@@ -8,6 +8,7 @@ from finite_differences import finite_difference, relative_error
 from toy_networks import conv_net, toy_batch
 
 import keras_l2t
+from keras_l2t.features import LayerNameError
 from keras_l2t.pairs import resolve_pairs
 from keras_l2t.pictures import pair_weight_grid
 
@@ -73,7 +74,8 @@ def test_pairs_name_their_source_and_the_presets_span_every_source():
 @pytest.mark.parametrize("source, kwargs, message", [
     ("two", dict(pairs=[("src_block0", "tgt_block0")]), "does not name its source"),
     ("two", dict(pairs=[("c", "src_block0", "tgt_block0")]), "names the source 'c'"),
-    ("two", dict(pairs=[("a/src_nope", "tgt_block0")]), "no layer named 'src_nope'"),
+    ("two", dict(pairs=[("b/src_nope", "tgt_block0")]),
+     "Source 'b': The source model 'src' has no layer named 'src_nope'"),
     ("two", dict(method="lwf"), "distils one source's class outputs"),
     ({}, {}, "empty dict"),
     ({"a/b": None}, {}, "without '/'"),
@@ -85,6 +87,14 @@ def test_bad_sources_and_pairs_are_refused_with_the_fix(source, kwargs, message)
     kwargs.setdefault("pairs", [("a/src_block0", "tgt_block0")])
     with pytest.raises(ValueError, match=message):
         keras_l2t.TransferModel(source, _target(), **kwargs)
+
+
+@pytest.mark.parametrize("layer", ["src_block0", "c/src_block0", "b/src_nope"])
+def test_a_source_layer_error_is_a_layer_name_error_of_the_source(layer):
+    """train.py maps it to --source_layers (or --pairs)."""
+    with pytest.raises(LayerNameError) as raised:
+        keras_l2t.TransferModel(_sources(), _target(), pairs=[(layer, "tgt_block0")])
+    assert raised.value.role == "source"
 
 
 def test_two_source_meta_gradient_matches_finite_differences(float64):

@@ -333,7 +333,8 @@ class ExperimentConfig:
             if len(parts) != 2 or not all(parts):
                 raise ExperimentError(
                     f"--pairs: cannot read {item!r}; use all, one_to_one, single or "
-                    "SRC_LAYER:TGT_LAYER,SRC_LAYER:TGT_LAYER,..."
+                    "SRC_LAYER:TGT_LAYER,SRC_LAYER:TGT_LAYER,... (SRC_LAYER as "
+                    "name/layer with several sources)"
                 )
             pairs.append((parts[0], parts[1]))
         return pairs

@@ -277,14 +277,8 @@ def build_transfer_model(config: ExperimentConfig,
     except LayerNameError as error:
         raise ExperimentError(f"{_layer_flag(config, error.role)}: {error}") from None
     except ValueError as error:
-        if str(error).startswith(_UNNAMED_SOURCE_LAYER):
-            raise ExperimentError(f"{_layer_flag(config, 'source')}: {error}") from None
         raise ExperimentError(f"{_flag_of(error, arguments)}{error}".replace("\n", " ")
                               ) from None
-
-
-# How TransferModel's message on a source layer of no (or an unknown) source name starts.
-_UNNAMED_SOURCE_LAYER = "Source layer '"
 
 
 def _layer_flag(config: ExperimentConfig, role: str) -> str:

@@ -104,7 +104,8 @@ def _train_main(argv: list[str]) -> int:
         (dict(source_layers="c/stage1_out"),
          "--source_layers: Source layer 'c/stage1_out' names the source 'c'"),
         (dict(source_layers="a/stage9_out"),
-         "--source_layers: The source model 'cnn_4_6' has no layer named 'stage9_out'"),
+         "--source_layers: Source 'a': The source model 'cnn_4_6' has no layer named "
+         "'stage9_out'"),
         (dict(pairs="stage1_out:stage1_out"),
          "--pairs: Source layer 'stage1_out' does not name its source"),
     ],
