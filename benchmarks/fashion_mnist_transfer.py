@@ -121,6 +121,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import hashlib
 import inspect
 import json
@@ -940,15 +941,36 @@ def plot_pair_weights(results: list[dict[str, Any]], setting: str, path: str) ->
     print(f"Pair weights over training: {path}")
 
 
+def load_runs(path: str) -> list[dict[str, Any]]:
+    """The runs stored in results.json (none when it does not exist yet)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)["runs"]
+
+
+def save_run(path: str, command: str, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Adds one run to results.json and returns all its runs.
+
+    Re-reads the file under an exclusive lock, so calls running at the same time on one
+    `--work_dir` keep each other's runs (each used to write back the list it had read
+    at its start).
+    """
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runs = load_runs(path) + [result]
+        with open(path + ".tmp", "w") as f:
+            json.dump({"command": command, "runs": runs}, f, indent=1)
+        os.replace(path + ".tmp", path)
+    return runs
+
+
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     print("Command: python " + " ".join([sys.argv[0], *argv]), flush=True)
     os.makedirs(args.work_dir, exist_ok=True)
     results_path = os.path.join(args.work_dir, "results.json")
-    results: list[dict[str, Any]] = []
-    if os.path.exists(results_path):
-        with open(results_path) as f:
-            results = json.load(f)["runs"]
+    results = load_runs(results_path)
     done = {stored_key(r) for r in results}
     seeds = [int(s) for s in args.seeds.split(",")]
     settings = args.settings.split(",")
@@ -983,14 +1005,10 @@ def main(argv: list[str]) -> None:
             sources[source_name] = cached_source(args, source_name)
         result = run_one(args, setting, name, seed, sources[source_name][0], meta_lr)
         result["source_test_accuracy"] = sources[source_name][1]
-        results.append(result)
+        results = save_run(results_path, "python " + " ".join([sys.argv[0], *argv]), result)
         print(f"[{time.time() - start:6.0f} s] {setting} {name} seed {seed} "
               f"meta lr {meta_lr:g}: test {100 * result['test_accuracy']:.2f}% "
               f"({result['train_seconds']:.0f} s)", flush=True)
-        with open(results_path + ".tmp", "w") as f:
-            json.dump({"command": "python " + " ".join([sys.argv[0], *argv]),
-                       "runs": results}, f, indent=1)
-        os.replace(results_path + ".tmp", results_path)
     print(f"\nWall time of this call: {time.time() - start:.0f} s "
           f"(results: {results_path})\n", flush=True)
     mine = [r for r in results if r["steps"] == key[4] and r["augmentation"] == args.augmentation
