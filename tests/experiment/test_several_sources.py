@@ -9,6 +9,7 @@ import signal
 
 import pytest
 from absl import flags
+from backends import tensorflow_only
 from experiment_helpers import (
     KILLED_TRAIN,
     TRAIN,
@@ -31,6 +32,9 @@ def _two_sources(source_file: str) -> dict:
 
 
 @pytest.mark.slow
+@tensorflow_only("train.py's sources, records and resume are backend-independent code; "
+                 "the two-source model on JAX: tests/test_transfer_from_several_sources.py, "
+                 "a resume on JAX: test_resume")
 def test_a_killed_two_source_run_resumes_and_names_every_pair(tmp_path, fashion_dir,
                                                               source_file):
     work_dir = str(tmp_path / "run")
