@@ -371,9 +371,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "the meta-gradient on training vs held-out batches over training.")
     parser.add_argument("--tag", default="", help="Label stored with every run of this call.")
     parser.add_argument("--accuracy_and_time", action="store_true",
-                        help="Also print every (row, steps) of the settings, whatever its "
-                             "step budget, against l2t_ww at --steps, with its training "
-                             "time and whether it is on the Pareto front.")
+                        help="Also print every (row, steps) of the settings and --methods, "
+                             "whatever its k, T and step budget, against l2t_ww at --steps, "
+                             "with its training time and whether it is on the Pareto front.")
     parser.add_argument("--iteration_seconds", default="",
                         help="With --accuracy_and_time / --plot_accuracy_time: mean seconds "
                              "per iteration by kind, measured apart with step_time.py on an "
@@ -814,10 +814,11 @@ def parse_iteration_seconds(text: str) -> dict[str, float]:
 
 
 def run_seconds(result: dict[str, Any], iteration_seconds: dict[str, float]) -> float:
-    """A run's training time: steps x the measured iteration time of its kind (k, T) when
-    `iteration_seconds` has it, else the run's own wall time."""
-    kind = ("scratch" if result["method"] == "scratch" else
-            f"k{result.get('meta_every', 1)}T{result.get('lookahead_steps', 2)}")
+    """A run's training time: steps x the measured iteration time of its kind ("k4T2" for
+    a meta-learned method, else the method's name) when `iteration_seconds` has it, else
+    the run's own wall time."""
+    kind = (f"k{result.get('meta_every', 1)}T{result.get('lookahead_steps', 2)}"
+            if result["method"] in META_METHODS else result["method"])
     if kind in iteration_seconds:
         return result["steps"] * iteration_seconds[kind]
     return result["train_seconds"]
@@ -881,18 +882,18 @@ def plot_accuracy_time(results: list[dict[str, Any]], settings: list[str], path:
             error = _std(accs) / math.sqrt(len(accs)) if len(accs) > 1 else 0.0
             points.append((seconds, accs.mean(), error, f"{name}, {steps}"))
         points.sort()
-        for seconds, accuracy, error, label in points:
-            axis.errorbar(seconds, accuracy, yerr=error, fmt="o", markersize=4, capsize=2)
-            axis.annotate(label, (seconds, accuracy), fontsize=6, xytext=(3, 3),
-                          textcoords="offset points")
+        markers = "osD^v<>pXh*"
+        for i, (seconds, accuracy, error, label) in enumerate(points):
+            axis.errorbar(seconds, accuracy, yerr=error, fmt=markers[i % len(markers)],
+                          markersize=5, capsize=2, label=label)
         front, best = [], -np.inf
         for seconds, accuracy, _, _ in points:
             if accuracy > best:
                 front.append((seconds, accuracy))
                 best = accuracy
         axis.plot(*zip(*front), color="grey", linewidth=0.8, zorder=0)
-        axis.set_xscale("log")
         axis.set_xlabel("training seconds per run (mean)")
+        axis.legend(fontsize=6, loc="lower right")
         axis.set_title(f"{setting}: accuracy against training time", fontsize=9)
     axes[0][0].set_ylabel("test accuracy % (mean ± s.e.)")
     figure.tight_layout()
@@ -1022,12 +1023,13 @@ def main(argv: list[str]) -> None:
     print(evidence(mine))
     if args.plot_pair_weights:
         plot_pair_weights(mine, settings[0], args.plot_pair_weights)
+    grid = [r for r in results if recipe_of(r) in methods]  # every k, T and step budget
     if args.accuracy_and_time:
         print()
-        print(accuracy_and_time(results, settings, ("l2t_ww", key[4] if jobs else args.steps),
+        print(accuracy_and_time(grid, settings, ("l2t_ww", key[4] if jobs else args.steps),
                                 parse_iteration_seconds(args.iteration_seconds)))
     if args.plot_accuracy_time:
-        plot_accuracy_time(results, settings, args.plot_accuracy_time,
+        plot_accuracy_time(grid, settings, args.plot_accuracy_time,
                            parse_iteration_seconds(args.iteration_seconds))
 
 
