@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 from backends import variable_gradients
-from toy_networks import conv_net, toy_batch, toy_transfer_model
+from toy_networks import conv_net, count_calls, toy_batch, toy_transfer_model
 
 import keras_l2t
 
@@ -121,23 +121,11 @@ def test_a_meta_optimizer_with_ema_leaves_its_moving_average_in_phi():
                                    atol=1e-6, err_msg=v.path)
 
 
-def _count_calls(layer):
-    calls = []
-    original = layer.call
-
-    def counting_call(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    layer.call = counting_call
-    return calls
-
-
 @pytest.mark.parametrize("method, target_forwards", [("l2t_ww", 2 + 3), ("fm", 1), ("scratch", 1)])
 def test_source_runs_once_per_batch_and_only_meta_methods_look_ahead(method, target_forwards):
     model = _compile(toy_transfer_model(method, lookahead_steps=2))
-    source_calls = _count_calls(model.source.get_layer("src_conv0"))
-    target_calls = _count_calls(model.target.get_layer("tgt_conv0"))
+    source_calls = count_calls(model.source.get_layer("src_conv0"))
+    target_calls = count_calls(model.target.get_layer("tgt_conv0"))
     step = model.train_step
 
     def counted_step(*args):  # counts one iteration, not fit's building of the model

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from backends import to_numpy
 from finite_differences import finite_difference, relative_error
-from toy_networks import conv_net, toy_batch
+from toy_networks import conv_net, count_calls, toy_batch
 
 import keras_l2t
 from keras_l2t.features import LayerNameError
@@ -38,18 +38,6 @@ def _compile(model):
     model.compile(optimizer=keras_l2t.CoupledSGD(0.1, momentum=0.9, weight_decay=1e-3),
                   meta_optimizer=keras_l2t.TorchAdam(1e-2))
     return model
-
-
-def _count_calls(layer):
-    calls = []
-    original = layer.call
-
-    def counting_call(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    layer.call = counting_call
-    return calls
 
 
 def test_pairs_name_their_source_and_the_presets_span_every_source():
@@ -129,7 +117,7 @@ def test_a_second_source_without_pairs_changes_nothing_and_never_runs():
         sources, double_target, pairs="all", source_layers=[f"a/{n}" for n in layers],
         target_layers=TARGET_LAYERS))
     assert double.pairs == [(f"a/{s}", t) for s, t in single.pairs]
-    calls = {name: _count_calls(model.get_layer("src_conv0"))
+    calls = {name: count_calls(model.get_layer("src_conv0"))
              for name, model in sources.items()}
     x, y = toy_batch(n=8, seed=5)
     logs = [model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0).history
@@ -147,7 +135,7 @@ def test_a_second_source_without_pairs_changes_nothing_and_never_runs():
 
 def test_each_source_runs_once_per_batch_and_two_sources_save_load_and_export(tmp_path):
     model = _compile(_two_source_model())
-    calls = {name: _count_calls(source.get_layer("src_conv0"))
+    calls = {name: count_calls(source.get_layer("src_conv0"))
              for name, source in model.source.items()}
     step = model.train_step
 

@@ -48,3 +48,17 @@ def toy_batch(n: int = 8, size: int = 8, classes: int = 3, seed: int = 0, dtype=
     x = rng.normal(size=(n, size, size, 3)).astype(dtype)
     y = rng.integers(0, classes, size=n).astype("int32")
     return x, y
+
+
+def count_calls(layer) -> list:
+    """Wraps `layer.call` to record its calls; returns the list it appends one item to
+    per call."""
+    calls = []
+    original = layer.call
+
+    def counting_call(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    layer.call = counting_call
+    return calls
