@@ -863,16 +863,17 @@ def accuracy_and_time(results: list[dict[str, Any]], settings: list[str],
 
 
 def plot_accuracy_time(results: list[dict[str, Any]], settings: list[str], path: str,
-                       iteration_seconds: dict[str, float]) -> None:
+                       iteration_seconds: dict[str, float], reference_steps: int) -> None:
     """One panel per setting: mean test accuracy (± its standard error over the seeds)
-    against the mean training seconds per run, one point per (row, steps); the Pareto
-    front joined by a line."""
+    against the mean training seconds per run, one point per (row, steps), one colour per
+    row; circles at `reference_steps`, squares at other budgets, each labelled with its
+    steps; the Pareto front joined by a line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4.2),
+    figure, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.8),
                                 squeeze=False)
     for axis, setting in zip(axes[0], settings):
         points = []
@@ -880,21 +881,30 @@ def plot_accuracy_time(results: list[dict[str, Any]], settings: list[str], path:
             accs = np.array([100 * r["test_accuracy"] for r in runs.values()])
             seconds = np.mean([run_seconds(r, iteration_seconds) for r in runs.values()])
             error = _std(accs) / math.sqrt(len(accs)) if len(accs) > 1 else 0.0
-            points.append((seconds, accs.mean(), error, f"{name}, {steps}"))
+            points.append((seconds, accs.mean(), error, name, steps))
         points.sort()
-        markers = "osD^v<>pXh*"
-        for i, (seconds, accuracy, error, label) in enumerate(points):
-            axis.errorbar(seconds, accuracy, yerr=error, fmt=markers[i % len(markers)],
-                          markersize=5, capsize=2, label=label)
+        names = sorted({p[3] for p in points}, key=lambda n: min(p[0] for p in points
+                                                               if p[3] == n))
+        colours = plt.get_cmap("tab10")
+        for seconds, accuracy, error, name, steps in points:
+            colour = colours(names.index(name) % 10)
+            axis.errorbar(seconds, accuracy, yerr=error, color=colour, capsize=2,
+                          markersize=5, fmt="o" if steps == reference_steps else "s")
+            axis.annotate(str(steps), (seconds, accuracy), textcoords="offset points",
+                          xytext=(4, -9), fontsize=6, color=colour)
+        for name in names:
+            axis.plot([], [], "o", color=colours(names.index(name) % 10), label=name)
         front, best = [], -np.inf
-        for seconds, accuracy, _, _ in points:
+        for seconds, accuracy, *_ in points:
             if accuracy > best:
                 front.append((seconds, accuracy))
                 best = accuracy
         axis.plot(*zip(*front), color="grey", linewidth=0.8, zorder=0)
         axis.set_xlabel("training seconds per run (mean)")
         axis.legend(fontsize=6, loc="lower right")
-        axis.set_title(f"{setting}: accuracy against training time", fontsize=9)
+        axis.set_title(f"{setting}: accuracy against training time (circles: "
+                       f"{reference_steps} steps; squares: other budgets, steps beside)",
+                       fontsize=8)
     axes[0][0].set_ylabel("test accuracy % (mean ± s.e.)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -1030,7 +1040,8 @@ def main(argv: list[str]) -> None:
                                 parse_iteration_seconds(args.iteration_seconds)))
     if args.plot_accuracy_time:
         plot_accuracy_time(grid, settings, args.plot_accuracy_time,
-                           parse_iteration_seconds(args.iteration_seconds))
+                           parse_iteration_seconds(args.iteration_seconds),
+                           key[4] if jobs else args.steps)
 
 
 if __name__ == "__main__":
