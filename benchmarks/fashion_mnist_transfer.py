@@ -883,17 +883,15 @@ def plot_accuracy_time(results: list[dict[str, Any]], settings: list[str], path:
             error = _std(accs) / math.sqrt(len(accs)) if len(accs) > 1 else 0.0
             points.append((seconds, accs.mean(), error, name, steps))
         points.sort()
-        names = sorted({p[3] for p in points}, key=lambda n: min(p[0] for p in points
-                                                               if p[3] == n))
-        colours = plt.get_cmap("tab10")
+        names = dict.fromkeys(p[3] for p in points)  # rows in order of their fastest run
+        colour_of = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(names)}
         for seconds, accuracy, error, name, steps in points:
-            colour = colours(names.index(name) % 10)
-            axis.errorbar(seconds, accuracy, yerr=error, color=colour, capsize=2,
+            axis.errorbar(seconds, accuracy, yerr=error, color=colour_of[name], capsize=2,
                           markersize=5, fmt="o" if steps == reference_steps else "s")
             axis.annotate(str(steps), (seconds, accuracy), textcoords="offset points",
-                          xytext=(4, -9), fontsize=6, color=colour)
-        for name in names:
-            axis.plot([], [], "o", color=colours(names.index(name) % 10), label=name)
+                          xytext=(4, -9), fontsize=6, color=colour_of[name])
+        for name, colour in colour_of.items():
+            axis.plot([], [], "o", color=colour, label=name)
         front, best = [], -np.inf
         for seconds, accuracy, *_ in points:
             if accuracy > best:
