@@ -83,9 +83,13 @@ def train_step(model, state, data):
         new_state = [scope.get_current_value(v) for v in state_variables]
         return loss, (terms, logits, new_state)
 
-    (_, (terms, logits, new_state)), grads = jax.value_and_grad(real_loss, has_aux=True)(
-        values.get(theta_variables)
-    )
+    gate = None
+    if model.transfer_gate == "none":
+        (_, (terms, logits, new_state)), grads = jax.value_and_grad(real_loss, has_aux=True)(
+            values.get(theta_variables))
+    else:  # the transfer's part of the step only where it lowers L_org (first order)
+        grads, gate, (terms, logits, new_state) = _gated_real_step_gradients(
+            model, values, real_loss, batch, x, x_meta, y_meta)
     theta, new_optimizer_values = model.optimizer.stateless_apply(
         values.get(optimizer_variables), grads, values.get(theta_variables)
     )
@@ -125,7 +129,7 @@ def train_step(model, state, data):
 
     with values.scope() as scope:
         logs = model._record_step(x, y, terms, logits, channel_weights, pair_weights,
-                                 meta_loss, meta_taken)
+                                 meta_loss, meta_taken, gate)
     values.set(model.metrics_variables,
                [scope.get_current_value(v) for v in model.metrics_variables])
     new_state = (
@@ -135,6 +139,31 @@ def train_step(model, state, data):
         values.get(model.metrics_variables),
     )
     return logs, new_state
+
+
+def _gated_real_step_gradients(model, values, real_loss, batch, x, x_meta, y_meta):
+    """The real step's gradients under `transfer_gate="aligned"`, (cosine, open), and
+    `real_loss`'s auxiliary outputs: one forward, a backward per loss part."""
+
+    def task_and_transfer(theta):
+        _, (terms, logits, new_state) = real_loss(theta)
+        return model._task_and_transfer(terms, batch), (terms, logits, new_state)
+
+    theta = values.get(model._theta_variables)
+    losses, pullback, aux = jax.vjp(task_and_transfer, theta, has_aux=True)
+    task, transfer = (
+        pullback(tuple(ops.ones_like(v) if i == part else ops.zeros_like(v)
+                       for i, v in enumerate(losses)))[0]
+        for part in (0, 1))
+    if x_meta is x:  # the paper's meta batch: the real step's own
+        reference = task
+    else:  # L_org's gradient on the held-out batch, at theta_t
+        non_trainable = values.get(model._target_non_trainable_variables)
+        size = ops.cast(ops.shape(x_meta)[0], model._loss_dtype)
+        reference = jax.grad(model._classification_objective)(
+            theta, x_meta, y_meta, non_trainable, size)
+    grads, cosine, taken = model._gated_gradients(task, transfer, reference)
+    return grads, (cosine, taken), aux
 
 
 def build_metrics(model, x, y) -> None:

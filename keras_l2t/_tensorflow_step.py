@@ -51,9 +51,17 @@ def train_step(model, data) -> dict:
     # 1. Real step, phi fixed: L_total = L_org + beta * L_wfm (+ the method's other terms),
     #    theta_{t+1} = theta_t - alpha * dL_total/dtheta; the BN statistics update here.
     theta = model._theta_variables
-    with tf.GradientTape() as tape:
+    gated = model.transfer_gate != "none"
+    with tf.GradientTape(persistent=gated) as tape:
         loss, terms, logits = model._real_step_loss(x, y, source, *fixed, betas, batch)
-    model.optimizer.apply(tape.gradient(loss, theta), theta)
+        parts = model._task_and_transfer(terms, batch) if gated else None
+    gate = None
+    if not gated:
+        grads = tape.gradient(loss, theta)
+    else:  # the transfer's part of the step only where it lowers L_org (first order)
+        grads, gate = _gated_real_step_gradients(model, tape, parts, batch, x, x_meta, y_meta)
+    del tape
+    model.optimizer.apply(grads, theta)
 
     def meta_step():
         # 2. Lookahead and 3. meta-gradient, from theta_{t+1}.
@@ -83,7 +91,38 @@ def train_step(model, data) -> dict:
         meta_loss = tf.cond(taken, meta_step, lambda: tf.zeros([], model._loss_dtype))
         meta_taken = tf.cast(taken, model._loss_dtype)
     return model._record_step(x, y, terms, logits, channel_weights, pair_weights, meta_loss,
-                              meta_taken)
+                              meta_taken, gate)
+
+
+def _gated_real_step_gradients(model, tape, parts, batch, x, x_meta, y_meta) -> tuple:
+    """The real step's gradients under `transfer_gate="aligned"`, and (cosine, open).
+
+    `parts` are the real step's (task, transfer) losses, recorded on `tape`. The gate
+    compares global gradients: the replicas' shares are summed for it, and every
+    replica then applies its own share, gated alike."""
+    theta = model._theta_variables
+    task, transfer = (_zero_filled(tape.gradient(loss, theta), theta) for loss in parts)
+    if x_meta is x:  # the paper's meta batch: the real step's own
+        reference = task
+    else:  # L_org's gradient on the held-out batch, at theta_t
+        params = [tf.convert_to_tensor(v) for v in theta]
+        non_trainable = [tf.convert_to_tensor(v) for v in model._target_non_trainable_variables]
+        with tf.GradientTape() as meta_tape:
+            meta_tape.watch(params)
+            meta_loss = model._classification_objective(
+                params, x_meta, y_meta, non_trainable, global_batch_size(x_meta, batch.dtype))
+        reference = meta_tape.gradient(meta_loss, params,
+                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    reference = sum_across_replicas(list(reference))
+    grads, cosine, taken = model._gated_gradients(task, transfer, reference,
+                                                  sum_across_replicas(transfer))
+    return grads, (cosine, taken)
+
+
+def _zero_filled(gradients, variables) -> list:
+    """`gradients` with zeros for the variables a loss does not reach (TF's
+    UnconnectedGradients.ZERO fails on Keras variables)."""
+    return [tf.zeros(v.shape, v.dtype) if g is None else g for g, v in zip(gradients, variables)]
 
 
 def build_metrics(model, x, y) -> None:
@@ -151,7 +190,4 @@ def _meta_gradient(model, x, y, source, learning_rate, betas, batch, meta,
         meta_loss = model._classification_objective(params, *meta[:2], non_trainable,
                                                     meta[2])  # L_org(theta_{T+1})
     # 3. Meta-gradient d L_org(theta_{T+1}) / d phi, through every lookahead step.
-    # Zeros are filled in by hand: TF's UnconnectedGradients.ZERO fails on Keras variables.
-    meta_grads = meta_tape.gradient(meta_loss, phi)
-    meta_grads = [tf.zeros(v.shape, v.dtype) if g is None else g for g, v in zip(meta_grads, phi)]
-    return meta_loss, meta_grads
+    return meta_loss, _zero_filled(meta_tape.gradient(meta_loss, phi), phi)

@@ -32,6 +32,10 @@ from keras_l2t.pairs import resolve_pairs, source_of
 META_OBJECTIVES = ("train_batch", "held_out")
 # How the source's tapped maps are scaled; see `TransferModel`'s `source_normalization`.
 SOURCE_NORMALIZATIONS = ("none", "rms")
+# When the real step applies the transfer terms' gradient; see `transfer_gate`.
+TRANSFER_GATES = ("none", "aligned")
+# The loss terms of the target's own task; every other term is transfer.
+TASK_TERMS = ("ce", "regularization")
 
 
 class SourceOutputs(NamedTuple):
@@ -142,13 +146,25 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             compiled step holds both branches (a multi-replica `tf.distribute` strategy
             refuses k > 1). `meta_ce` then averages the meta iterations only. Not in
             the paper or the reference code.
+        transfer_gate: "none" (the paper): the real step always follows the gradient of
+            L_org + beta * L_wfm. "aligned": it follows the transfer terms' gradient
+            g_tr only on iterations where <g_ref, g_tr> > 0, g_ref being the gradient
+            of L_org on the meta objective's batch (the training batch, or the held-out
+            one); on the others it follows L_org's gradient alone. To first order in
+            the learning rate, the transfer's part of the step then lowers that
+            batch's classification loss whenever it is taken (Du et al., "Adapting
+            Auxiliary Losses Using Gradient Similarity", 2018). The logs add
+            `transfer_cosine` (cos(g_ref, g_tr)) and `transfer_on` (the fraction of
+            iterations taken). Costs a second backward pass through the target (and a
+            third, with a forward, on a held-out batch). The meta step is unchanged.
+            Not in the paper or the reference code.
         **kwargs: Standard `keras.Model` arguments (name, ...).
 
     Raises:
         ValueError: A layer name that is not in its network (the message lists the valid
             ones), a source layer without its source's name (several sources), an
-            unknown source name, LwF with several sources, an unknown method, preset or
-            meta objective, `lookahead_steps < 1` or
+            unknown source name, LwF with several sources, an unknown method, preset,
+            meta objective or transfer gate (or a gate for "scratch"), `lookahead_steps < 1` or
             `meta_every < 1` (or above 1 for a method without meta-networks), a
             target without a (batch, classes) head or a fixed image size, a float16
             target, or LayerNormalization/GroupNormalization in the target on TensorFlow.
@@ -192,6 +208,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         meta_objective: str = "train_batch",
         meta_every: int = 1,
         source_normalization: str = "none",
+        transfer_gate: str = "none",
         **kwargs,
     ):
         step_module()  # refuses an unsupported backend before any work
@@ -209,6 +226,12 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             raise ValueError(
                 f"source_normalization must be one of {', '.join(SOURCE_NORMALIZATIONS)}, "
                 f"got {source_normalization!r}.")
+        if transfer_gate not in TRANSFER_GATES:
+            raise ValueError(f"transfer_gate must be one of {', '.join(TRANSFER_GATES)}, got "
+                             f"{transfer_gate!r}.")
+        if transfer_gate != "none" and self.method.name == "scratch":
+            raise ValueError(f"transfer_gate={transfer_gate!r} gates a method's transfer "
+                             "terms; 'scratch' has none.")
         if meta_objective != "train_batch" and not self.method.meta_learned:
             raise ValueError(f"meta_objective={meta_objective!r} needs a method with "
                              f"meta-networks (l2t_ww, l2t_w), not '{self.method.name}'.")
@@ -248,6 +271,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         self.meta_objective = meta_objective
         self.source_normalization = source_normalization
         self.meta_every = int(meta_every)
+        self.transfer_gate = transfer_gate
 
         for model in sources.values():
             model.trainable = False
@@ -375,6 +399,9 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         if self.method.distills_outputs:
             self._term_trackers["distillation"] = mean(name="distillation_loss")
         self._meta_tracker = mean(name="meta_ce") if self.method.meta_learned else None
+        self._gate_trackers = (
+            [mean(name="transfer_cosine"), mean(name="transfer_on")]
+            if self.transfer_gate != "none" else [])
         # Zero-padded pair indices, so logs list pairs in order: lambda_00, lambda_01, ...
         digits = len(str(max(len(self.pairs) - 1, 0)))
         self._pair_weight_trackers = [
@@ -388,7 +415,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
     def _training_trackers(self) -> list:
         """The trackers of the training logs' terms, in the logs' order."""
         meta = [self._meta_tracker] if self._meta_tracker is not None else []
-        return [self._ce_tracker, *self._term_trackers.values(), *meta,
+        return [self._ce_tracker, *self._term_trackers.values(), *meta, *self._gate_trackers,
                 *self._pair_weight_trackers, *self._entropy_trackers]
 
     @property
@@ -685,6 +712,38 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         terms = self._loss_terms(y, target, source, channel_weights, pair_weights, betas)
         return ops.sum(sum(terms.values())) / batch, terms, target.logits
 
+    @staticmethod
+    def _task_and_transfer(terms: dict, batch) -> tuple:
+        """(the target's own loss, the transfer terms' loss) of the real step's `terms`,
+        each summed over the batch and divided by `batch`; together, its loss."""
+        task = sum(v for name, v in terms.items() if name in TASK_TERMS)
+        transfer = sum(v for name, v in terms.items() if name not in TASK_TERMS)
+        return ops.sum(task) / batch, ops.sum(transfer) / batch
+
+    def _gated_gradients(self, task: list, transfer: list, reference: list,
+                         reference_transfer: list | None = None) -> tuple:
+        """The real step's gradients under `transfer_gate="aligned"`.
+
+        Args:
+            task: dL_org/dtheta of the real step's batch (the step's own share of it).
+            transfer: d(beta * L_wfm + ...)/dtheta, the transfer terms' (its share).
+            reference: dL_org/dtheta on the meta objective's batch, global.
+            reference_transfer: the global transfer gradient, where `transfer` is one
+                replica's share (None: `transfer` itself).
+
+        Returns:
+            (task + open * transfer, cos(reference, transfer), open), where open is 1 if
+            <reference, transfer> > 0, else 0.
+        """
+        reference_transfer = transfer if reference_transfer is None else reference_transfer
+        dot = sum(ops.sum(r * g) for r, g in zip(reference, reference_transfer))
+        norm = ops.sqrt(sum(ops.sum(r * r) for r in reference)) * ops.sqrt(
+            sum(ops.sum(g * g) for g in reference_transfer))
+        cosine = dot / ops.maximum(norm, 1e-30)
+        taken = ops.cast(dot > 0, dot.dtype)
+        gradients = [t + ops.cast(taken, g.dtype) * g for t, g in zip(task, transfer)]
+        return gradients, cosine, taken
+
     def _matching_objective(self, params, x, y, source: SourceOutputs, weights: tuple,
                             betas: tuple, non_trainable, batch):
         """L_wfm(theta) of one lookahead step, at `params` (values of `_theta_variables`).
@@ -769,12 +828,15 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         return step_module().train_step(self, *args)
 
     def _record_step(self, x, y, terms: dict, logits, channel_weights: list,
-                     pair_weights: list, meta_loss, meta_taken=None) -> dict:
+                     pair_weights: list, meta_loss, meta_taken=None, gate=None) -> dict:
         """Updates the loss, lambda, entropy and compiled metrics; returns the logs.
 
         `meta_taken` (with `meta_every` > 1): 1 on an iteration with a meta step, 0 on
-        one without, whose `meta_loss` (0) the meta tracker then leaves out.
+        one without, whose `meta_loss` (0) the meta tracker then leaves out. `gate`
+        (with a `transfer_gate`): (cosine, 1 if the transfer was applied else 0).
         """
+        for tracker, value in zip(self._gate_trackers, gate or ()):
+            tracker.update_state(value)
         self._loss_metric.update_state(sum(terms.values()))
         self._ce_tracker.update_state(terms["ce"])
         for name, tracker in self._term_trackers.items():
@@ -868,6 +930,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             "meta_objective": self.meta_objective,
             "meta_every": self.meta_every,
             "source_normalization": self.source_normalization,
+            "transfer_gate": self.transfer_gate,
         }
 
     @classmethod
