@@ -121,6 +121,11 @@ class ExperimentConfig:
                                        "square, so the matching losses and the "
                                        "meta-networks' inputs do not depend on the "
                                        "source's activation scale.")
+    transfer_gate: str = _field("none", "none (the paper) or aligned: the real step takes "
+                                "the transfer terms' gradient only on iterations where it "
+                                "is aligned with the classification loss's gradient on the "
+                                "meta batch (positive dot product); needs a method with "
+                                "transfer terms (not scratch).")
     meta_every: int = _field(1, "Run the lookahead and meta step on every k-th iteration "
                              "only (the others: the real step alone); 1, every iteration, is "
                              "the paper. Needs --method=l2t_ww or l2t_w for k > 1.")
@@ -166,7 +171,9 @@ class ExperimentConfig:
         from keras_l2t.transfer_model import SOURCE_NORMALIZATIONS
 
         _one_of("source_normalization", self.source_normalization, SOURCE_NORMALIZATIONS)
-        from keras_l2t.transfer_model import META_OBJECTIVES
+        from keras_l2t.transfer_model import META_OBJECTIVES, TRANSFER_GATES
+
+        _one_of("transfer_gate", self.transfer_gate, TRANSFER_GATES)
 
         _one_of("meta_objective", self.meta_objective, META_OBJECTIVES)
         missing = [f"--{n}" for n in ("dataset", "target", "work_dir") if not getattr(self, n)]

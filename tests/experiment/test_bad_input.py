@@ -64,6 +64,10 @@ def _config(work_dir, fashion_dir, source_file, **overrides) -> ExperimentConfig
          "--beta_schedule='linear' is not one of constant, cosine"),
         (dict(source_normalization="batch"),
          "--source_normalization='batch' is not one of none, rms"),
+        (dict(transfer_gate="always"), "--transfer_gate='always' is not one of none, aligned"),
+        (dict(method="scratch", transfer_gate="aligned"),
+         "--transfer_gate: transfer_gate='aligned' gates a method's transfer terms; 'scratch' "
+         "has none"),
         (dict(method="fm", meta_every=2), "--meta_every: meta_every=2 needs a method with "
          "meta-networks (l2t_ww, l2t_w), not 'fm'"),
         (dict(image_size=2, method="scratch"), "Network 'cnn_3_4' cannot take 2-px images"),

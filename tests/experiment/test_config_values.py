@@ -73,3 +73,12 @@ def test_source_normalization_reaches_the_model():
         config = _config(source_normalization=value, **layers)
         config.validate()
         assert build_transfer_model(config, source, target, 40).source_normalization == value
+
+
+def test_transfer_gate_reaches_the_model():
+    layers = dict(source_layers=["s_block1"], target_layers=["t_block0"], pairs="single")
+    source, target = conv_net("s", [3, 4], 5), conv_net("t", [2], 3)
+    for value in ("none", "aligned"):
+        config = _config(transfer_gate=value, **layers)
+        config.validate()
+        assert build_transfer_model(config, source, target, 40).transfer_gate == value
