@@ -11,10 +11,13 @@ from toy_networks import conv_net, toy_batch, toy_transfer_model
 
 import keras_l2t
 
-VARIANTS = [("train_batch", 1), ("held_out", 1), ("train_batch", 2)]
+# (meta objective, meta_every, transfer gate)
+VARIANTS = [("train_batch", 1, "none"), ("held_out", 1, "none"), ("held_out", 1, "aligned"),
+            ("train_batch", 2, "none")]
 
 
-def _build(scope, weights=None, meta_objective="train_batch", meta_every=1):
+def _build(scope, weights=None, meta_objective="train_batch", meta_every=1,
+           transfer_gate="none"):
     with scope():
         keras.utils.set_random_seed(4)
         # Regularizers too: the losses each replica's layers add must stay its own.
@@ -22,7 +25,8 @@ def _build(scope, weights=None, meta_objective="train_batch", meta_every=1):
         # The meta-optimizer is linear in its gradient (Adam's first steps see only its
         # sign) and the L2 on phi is large, so a wrong per-replica share of either shows.
         model = toy_transfer_model(seed=4, target=target, meta_weight_decay=1e-3,
-                                   meta_objective=meta_objective, meta_every=meta_every)
+                                   meta_objective=meta_objective, meta_every=meta_every,
+                                   transfer_gate=transfer_gate)
         if weights is not None:
             model.set_weights(weights)
         model.compile(
@@ -39,22 +43,29 @@ def _state(model):
     return [v.numpy() for v in model.weights] + optimizer_state + meta_state
 
 
-def _check_two_devices_equal_one(scope, meta_objective="train_batch", meta_every=1):
+def _check_two_devices_equal_one(scope, meta_objective="train_batch", meta_every=1,
+                                 transfer_gate="none"):
     """`scope()` enters the distribution; returns the distributed model. With
-    `meta_every=2` the second step is the real step alone (the meta step is in a cond)."""
+    `meta_every=2` the second step is the real step alone (the meta step is in a cond);
+    with the gate, each step's gate compares the global gradients."""
     x, y = toy_batch(n=8, seed=5)
     single = _build(contextlib.nullcontext, meta_objective=meta_objective,
-                    meta_every=meta_every)
+                    meta_every=meta_every, transfer_gate=transfer_gate)
     initial = single.get_weights()
     initial_phi = [v.numpy() for v in single._phi_variables]
-    distributed = _build(scope, initial, meta_objective, meta_every)
+    distributed = _build(scope, initial, meta_objective, meta_every, transfer_gate)
+    histories = []
     for model, model_scope in ((single, contextlib.nullcontext), (distributed, scope)):
         with model_scope():
             # Two steps, so the second lookahead starts from non-zero momentums.
             if meta_objective == "held_out":
-                model.fit(_held_out_dataset(x, y), epochs=2, verbose=0)
+                history = model.fit(_held_out_dataset(x, y), epochs=2, verbose=0)
             else:
-                model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+                history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        histories.append(history.history)
+    if transfer_gate != "none":  # the gate's cosine is of the global gradients
+        np.testing.assert_allclose(histories[1]["transfer_cosine"],
+                                   histories[0]["transfer_cosine"], rtol=1e-4, atol=1e-6)
 
     assert all(
         not np.allclose(v.numpy(), w) for v, w in zip(single._phi_variables, initial_phi)
@@ -88,10 +99,11 @@ def mirrored_strategy():
 
 
 @tensorflow_only("tf.distribute")
-@pytest.mark.parametrize("meta_objective, meta_every", VARIANTS[:2])
+@pytest.mark.parametrize("meta_objective, meta_every, transfer_gate", VARIANTS[:3])
 def test_mirrored_step_equals_single_device_step(mirrored_strategy, meta_objective,
-                                                 meta_every):
-    model = _check_two_devices_equal_one(mirrored_strategy.scope, meta_objective, meta_every)
+                                                 meta_every, transfer_gate):
+    model = _check_two_devices_equal_one(mirrored_strategy.scope, meta_objective, meta_every,
+                                         transfer_gate)
     assert model.distribute_strategy.num_replicas_in_sync == 2
 
 
@@ -105,12 +117,14 @@ def test_meta_every_under_mirrored_strategy_is_refused(mirrored_strategy):
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="JAX only: keras.distribution")
-@pytest.mark.parametrize("meta_objective, meta_every", VARIANTS)
-def test_data_parallel_step_equals_single_device_step(meta_objective, meta_every):
+@pytest.mark.parametrize("meta_objective, meta_every, transfer_gate", VARIANTS)
+def test_data_parallel_step_equals_single_device_step(meta_objective, meta_every,
+                                                      transfer_gate):
     devices = keras.distribution.list_devices("cpu")
     assert len(devices) == 2, "conftest.py must create two host devices (XLA_FLAGS)"
     distribution = keras.distribution.DataParallel(devices=devices)
-    model = _check_two_devices_equal_one(distribution.scope, meta_objective, meta_every)
+    model = _check_two_devices_equal_one(distribution.scope, meta_objective, meta_every,
+                                         transfer_gate)
     kernel = model.target.get_layer("tgt_conv0").kernel.value
     assert len(kernel.sharding.device_set) == 2  # replicated on both devices
 
