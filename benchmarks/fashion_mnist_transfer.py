@@ -99,10 +99,12 @@ attention_beta for at) with a per-step cosine from its value to 0 over the run
 (`TransferModel(beta=CosineDecay(...))`, train.py's `--beta_schedule=cosine`), so the
 target trains on its own loss alone at the end (`_beta_cosine_half`: over the first half,
 then 0). Recipes ending in `_rms` divide each example's tapped source map by its root
-mean square (`TransferModel(source_normalization="rms")`). Recipes ending in `_gate` take
-the transfer terms' gradient in the real step only where it is aligned with L_org's
-gradient on the meta batch (`TransferModel(transfer_gate="aligned")`); their runs record
-the fraction of iterations with transfer on per chunk. The paper's networks are scaled down:
+mean square (`TransferModel(source_normalization="rms")`). `fm_all` is fm on L2T-ww's
+3 x 3 pairs (uniform channel and pair weights: L2T-ww without its meta-networks).
+Recipes ending in `_gate` take the transfer terms' gradient in the real step only where
+it is aligned with L_org's gradient on the meta batch
+(`TransferModel(transfer_gate="aligned")`); their runs record the fraction of iterations
+with transfer on per chunk. The paper's networks are scaled down:
 ResNet-32 source -> 3-stage VGG-style `cnn_32_64_128`, VGG-9 target -> 3-stage
 `cnn_16_32_64`; taps are the stage outputs (after ReLU, before the max-pool). Everything
 else is the paper's 32-px recipe (pad 4 + random crop 32 + flip, CoupledSGD lr 0.1
@@ -236,6 +238,8 @@ RECIPES: dict[str, Recipe] = {
         "l2t_ww", "all", {"meta_objective": "held_out", "transfer_gate": "aligned"}, CARVE),
     "l2t_ww_rms_gate": Recipe(
         "l2t_ww", "all", {"source_normalization": "rms", "transfer_gate": "aligned"}),
+    # fm on L2T-ww's 3 x 3 pairs with uniform weights: L2T-ww without its meta-networks.
+    "fm_all": Recipe("fm", "all"),
 }
 # The fraction of the run over which a beta schedule decays to 0 (then stays there).
 BETA_DECAY_FRACTION = {"cosine": 1.0, "cosine_half": 0.5}
