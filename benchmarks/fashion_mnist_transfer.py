@@ -104,7 +104,9 @@ mean square (`TransferModel(source_normalization="rms")`). `fm_all` is fm on L2T
 Recipes ending in `_gate` take the transfer terms' gradient in the real step only where
 it is aligned with L_org's gradient on the meta batch
 (`TransferModel(transfer_gate="aligned")`); their runs record the fraction of iterations
-with transfer on per chunk. The paper's networks are scaled down:
+with transfer on per chunk. Recipes with `_pair_mean` divide each example's pair weights by
+their mean over the pairs (`TransferModel(pair_weight_normalization="mean")`): "where"
+spreads a fixed budget. The paper's networks are scaled down:
 ResNet-32 source -> 3-stage VGG-style `cnn_32_64_128`, VGG-9 target -> 3-stage
 `cnn_16_32_64`; taps are the stage outputs (after ReLU, before the max-pool). Everything
 else is the paper's 32-px recipe (pad 4 + random crop 32 + flip, CoupledSGD lr 0.1
@@ -240,6 +242,9 @@ RECIPES: dict[str, Recipe] = {
         "l2t_ww", "all", {"source_normalization": "rms", "transfer_gate": "aligned"}),
     # fm on L2T-ww's 3 x 3 pairs with uniform weights: L2T-ww without its meta-networks.
     "fm_all": Recipe("fm", "all"),
+    "l2t_ww_pair_mean": Recipe("l2t_ww", "all", {"pair_weight_normalization": "mean"}),
+    "l2t_ww_rms_pair_mean": Recipe(
+        "l2t_ww", "all", {"source_normalization": "rms", "pair_weight_normalization": "mean"}),
 }
 # The fraction of the run over which a beta schedule decays to 0 (then stays there).
 BETA_DECAY_FRACTION = {"cosine": 1.0, "cosine_half": 0.5}

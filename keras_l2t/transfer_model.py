@@ -34,6 +34,8 @@ META_OBJECTIVES = ("train_batch", "held_out")
 SOURCE_NORMALIZATIONS = ("none", "rms")
 # When the real step applies the transfer terms' gradient; see `transfer_gate`.
 TRANSFER_GATES = ("none", "aligned")
+# How the "where" networks' pair weights are scaled; see `pair_weight_normalization`.
+PAIR_WEIGHT_NORMALIZATIONS = ("none", "mean")
 # The loss terms of the target's own task; every other term is transfer.
 TASK_TERMS = ("ce", "regularization")
 
@@ -146,6 +148,11 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             compiled step holds both branches (a multi-replica `tf.distribute` strategy
             refuses k > 1). `meta_ce` then averages the meta iterations only. Not in
             the paper or the reference code.
+        pair_weight_normalization: "none" (the paper) or "mean": each example's pair
+            weights are divided by their mean over the pairs, lambda_i <- lambda_i /
+            mean_j(lambda_j), so the "where" networks choose where to transfer but not
+            how much in all (that stays beta, as with uniform weights). Needs learned
+            pair weights (l2t_ww). Not in the paper or the reference code.
         transfer_gate: "none" (the paper): the real step always follows the gradient of
             L_org + beta * L_wfm. "aligned": it follows the transfer terms' gradient
             g_tr only on iterations where <g_ref, g_tr> > 0, g_ref being the gradient
@@ -164,7 +171,8 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         ValueError: A layer name that is not in its network (the message lists the valid
             ones), a source layer without its source's name (several sources), an
             unknown source name, LwF with several sources, an unknown method, preset,
-            meta objective or transfer gate (or a gate for "scratch"), `lookahead_steps < 1` or
+            meta objective, transfer gate (or a gate for "scratch") or pair weight
+            normalization (or one without learned pair weights), `lookahead_steps < 1` or
             `meta_every < 1` (or above 1 for a method without meta-networks), a
             target without a (batch, classes) head or a fixed image size, a float16
             target, or LayerNormalization/GroupNormalization in the target on TensorFlow.
@@ -209,6 +217,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         meta_every: int = 1,
         source_normalization: str = "none",
         transfer_gate: str = "none",
+        pair_weight_normalization: str = "none",
         **kwargs,
     ):
         step_module()  # refuses an unsupported backend before any work
@@ -232,6 +241,13 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         if transfer_gate != "none" and self.method.name == "scratch":
             raise ValueError(f"transfer_gate={transfer_gate!r} gates a method's transfer "
                              "terms; 'scratch' has none.")
+        if pair_weight_normalization not in PAIR_WEIGHT_NORMALIZATIONS:
+            raise ValueError(
+                "pair_weight_normalization must be one of "
+                f"{', '.join(PAIR_WEIGHT_NORMALIZATIONS)}, got {pair_weight_normalization!r}.")
+        if pair_weight_normalization != "none" and not self.method.learns_pair_weights:
+            raise ValueError(f"pair_weight_normalization={pair_weight_normalization!r} needs "
+                             f"learned pair weights (l2t_ww), not '{self.method.name}'.")
         if meta_objective != "train_batch" and not self.method.meta_learned:
             raise ValueError(f"meta_objective={meta_objective!r} needs a method with "
                              f"meta-networks (l2t_ww, l2t_w), not '{self.method.name}'.")
@@ -272,6 +288,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         self.source_normalization = source_normalization
         self.meta_every = int(meta_every)
         self.transfer_gate = transfer_gate
+        self.pair_weight_normalization = pair_weight_normalization
 
         for model in sources.values():
             model.trainable = False
@@ -554,6 +571,9 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
                 pair = [ops.ones_like(pooled[:, 0])] * len(indices)
             for i, w, lam in zip(indices, channel, pair):
                 channel_weights[i], pair_weights[i] = w, lam
+        if self.pair_weight_normalization == "mean":  # a fixed budget, spread by "where"
+            mean = ops.mean(ops.stack(pair_weights), axis=0)
+            pair_weights = [lam / ops.maximum(mean, 1e-12) for lam in pair_weights]
         return channel_weights, pair_weights
 
     def _target_outputs(self, x, theta=None, non_trainable=None,
@@ -931,6 +951,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             "meta_every": self.meta_every,
             "source_normalization": self.source_normalization,
             "transfer_gate": self.transfer_gate,
+            "pair_weight_normalization": self.pair_weight_normalization,
         }
 
     @classmethod

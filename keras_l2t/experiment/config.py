@@ -121,6 +121,10 @@ class ExperimentConfig:
                                        "square, so the matching losses and the "
                                        "meta-networks' inputs do not depend on the "
                                        "source's activation scale.")
+    pair_weight_normalization: str = _field("none", "none (the paper) or mean: each "
+                                            "example's pair weights divided by their mean "
+                                            "over the pairs, so 'where' spreads a fixed "
+                                            "budget; needs --method=l2t_ww.")
     transfer_gate: str = _field("none", "none (the paper) or aligned: the real step takes "
                                 "the transfer terms' gradient only on iterations where it "
                                 "is aligned with the classification loss's gradient on the "
@@ -171,9 +175,15 @@ class ExperimentConfig:
         from keras_l2t.transfer_model import SOURCE_NORMALIZATIONS
 
         _one_of("source_normalization", self.source_normalization, SOURCE_NORMALIZATIONS)
-        from keras_l2t.transfer_model import META_OBJECTIVES, TRANSFER_GATES
+        from keras_l2t.transfer_model import (
+            META_OBJECTIVES,
+            PAIR_WEIGHT_NORMALIZATIONS,
+            TRANSFER_GATES,
+        )
 
         _one_of("transfer_gate", self.transfer_gate, TRANSFER_GATES)
+        _one_of("pair_weight_normalization", self.pair_weight_normalization,
+                PAIR_WEIGHT_NORMALIZATIONS)
 
         _one_of("meta_objective", self.meta_objective, META_OBJECTIVES)
         missing = [f"--{n}" for n in ("dataset", "target", "work_dir") if not getattr(self, n)]

@@ -65,6 +65,11 @@ def _config(work_dir, fashion_dir, source_file, **overrides) -> ExperimentConfig
         (dict(source_normalization="batch"),
          "--source_normalization='batch' is not one of none, rms"),
         (dict(transfer_gate="always"), "--transfer_gate='always' is not one of none, aligned"),
+        (dict(pair_weight_normalization="sum"),
+         "--pair_weight_normalization='sum' is not one of none, mean"),
+        (dict(method="fm", pair_weight_normalization="mean"),
+         "--pair_weight_normalization: pair_weight_normalization='mean' needs learned pair "
+         "weights (l2t_ww), not 'fm'"),
         (dict(method="scratch", transfer_gate="aligned"),
          "--transfer_gate: transfer_gate='aligned' gates a method's transfer terms; 'scratch' "
          "has none"),

@@ -75,10 +75,12 @@ def test_source_normalization_reaches_the_model():
         assert build_transfer_model(config, source, target, 40).source_normalization == value
 
 
-def test_transfer_gate_reaches_the_model():
+@pytest.mark.parametrize("flag, values", [("transfer_gate", ("none", "aligned")),
+                                          ("pair_weight_normalization", ("none", "mean"))])
+def test_transfer_gate_and_pair_weight_normalization_reach_the_model(flag, values):
     layers = dict(source_layers=["s_block1"], target_layers=["t_block0"], pairs="single")
     source, target = conv_net("s", [3, 4], 5), conv_net("t", [2], 3)
-    for value in ("none", "aligned"):
-        config = _config(transfer_gate=value, **layers)
+    for value in values:
+        config = _config(**{flag: value}, **layers)
         config.validate()
-        assert build_transfer_model(config, source, target, 40).transfer_gate == value
+        assert getattr(build_transfer_model(config, source, target, 40), flag) == value
