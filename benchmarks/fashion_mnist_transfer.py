@@ -944,7 +944,8 @@ def plot_pair_weights(results: list[dict[str, Any]], setting: str, path: str) ->
 
     rows: dict[str, list[dict[str, Any]]] = {}
     for r in results:
-        if r["setting"] == setting and r.get("lambda_by_chunk"):
+        if r["setting"] == setting and r.get("lambda_by_chunk") and all(
+                lam is not None for row in r["lambda_by_chunk"] for lam in row):
             name = recipe_of(r) + (f" (meta lr {r['meta_learning_rate']:g})"
                                    if r["meta_learning_rate"] != 1e-4 else "")
             rows.setdefault(name, []).append(r)
