@@ -172,19 +172,17 @@ class ExperimentConfig:
         _one_of("progress", self.progress, PROGRESS)
         _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _one_of("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
-        from keras_l2t.transfer_model import SOURCE_NORMALIZATIONS
-
-        _one_of("source_normalization", self.source_normalization, SOURCE_NORMALIZATIONS)
         from keras_l2t.transfer_model import (
             META_OBJECTIVES,
             PAIR_WEIGHT_NORMALIZATIONS,
+            SOURCE_NORMALIZATIONS,
             TRANSFER_GATES,
         )
 
+        _one_of("source_normalization", self.source_normalization, SOURCE_NORMALIZATIONS)
         _one_of("transfer_gate", self.transfer_gate, TRANSFER_GATES)
         _one_of("pair_weight_normalization", self.pair_weight_normalization,
                 PAIR_WEIGHT_NORMALIZATIONS)
-
         _one_of("meta_objective", self.meta_objective, META_OBJECTIVES)
         missing = [f"--{n}" for n in ("dataset", "target", "work_dir") if not getattr(self, n)]
         if missing:
