@@ -105,9 +105,11 @@ mean square (`TransferModel(source_normalization="rms")`). `fm_all` is fm on L2T
 Recipes ending in `_gate` take the transfer terms' gradient in the real step only where
 it is aligned with L_org's gradient on the meta batch
 (`TransferModel(transfer_gate="aligned")`); their runs record the fraction of iterations
-with transfer on per chunk. Recipes with `_pair_mean` divide each example's pair weights by
-their mean over the pairs (`TransferModel(pair_weight_normalization="mean")`): "where"
-spreads a fixed budget. The paper's networks are scaled down:
+with transfer on per chunk; `_gate_avg` gates on the alignment's moving average over
+about 50 iterations (`transfer_gate_momentum=0.98`). Recipes with `_pair_mean` divide
+each example's pair weights by their mean over the pairs
+(`TransferModel(pair_weight_normalization="mean")`): "where" spreads a fixed budget.
+The paper's networks are scaled down:
 ResNet-32 source -> 3-stage VGG-style `cnn_32_64_128`, VGG-9 target -> 3-stage
 `cnn_16_32_64`; taps are the stage outputs (after ReLU, before the max-pool). Everything
 else is the paper's 32-px recipe (pad 4 + random crop 32 + flip, CoupledSGD lr 0.1
@@ -239,6 +241,10 @@ RECIPES: dict[str, Recipe] = {
        for method in ("fm", "at", "l2t_ww")},
     "l2t_ww_held_out_gate": Recipe(
         "l2t_ww", "all", {"meta_objective": "held_out", "transfer_gate": "aligned"}, CARVE),
+    # The held-out gate on the alignment's moving average over about 50 iterations.
+    "l2t_ww_held_out_gate_avg": Recipe(
+        "l2t_ww", "all", {"meta_objective": "held_out", "transfer_gate": "aligned",
+                          "transfer_gate_momentum": 0.98}, CARVE),
     "l2t_ww_rms_gate": Recipe(
         "l2t_ww", "all", {"source_normalization": "rms", "transfer_gate": "aligned"}),
     # fm on L2T-ww's 3 x 3 pairs with uniform weights: L2T-ww without its meta-networks.

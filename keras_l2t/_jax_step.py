@@ -143,7 +143,8 @@ def train_step(model, state, data):
 
 def _gated_real_step_gradients(model, values, real_loss, batch, x, x_meta, y_meta):
     """The real step's gradients under `transfer_gate="aligned"`, (cosine, open), and
-    `real_loss`'s auxiliary outputs: one forward, a backward per loss part."""
+    `real_loss`'s auxiliary outputs: one forward, a backward per loss part. Sets the
+    averaged alignment a_t in `values`, if any."""
 
     def task_and_transfer(theta):
         _, (terms, logits, new_state) = real_loss(theta)
@@ -162,7 +163,12 @@ def _gated_real_step_gradients(model, values, real_loss, batch, x, x_meta, y_met
         size = ops.cast(ops.shape(x_meta)[0], model._loss_dtype)
         reference = jax.grad(model._classification_objective)(
             theta, x_meta, y_meta, non_trainable, size)
-    grads, cosine, taken = model._gated_gradients(task, transfer, reference)
+    averaged = model._transfer_alignment  # a_{t-1}, with transfer_gate_momentum > 0
+    previous = 0.0 if averaged is None else values.get([averaged])[0]
+    grads, cosine, taken, alignment = model._gated_gradients(task, transfer, reference,
+                                                             previous=previous)
+    if averaged is not None:
+        values.set([averaged], [alignment])
     return grads, (cosine, taken), aux
 
 

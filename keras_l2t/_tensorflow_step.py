@@ -95,7 +95,8 @@ def train_step(model, data) -> dict:
 
 
 def _gated_real_step_gradients(model, tape, parts, batch, x, x_meta, y_meta) -> tuple:
-    """The real step's gradients under `transfer_gate="aligned"`, and (cosine, open).
+    """The real step's gradients under `transfer_gate="aligned"`, and (cosine, open);
+    updates the averaged alignment a_t, if any.
 
     `parts` are the real step's (task, transfer) losses, recorded on `tape`. The gate
     compares global gradients: the replicas' shares are summed for it, and every
@@ -114,8 +115,12 @@ def _gated_real_step_gradients(model, tape, parts, batch, x, x_meta, y_meta) -> 
         reference = meta_tape.gradient(meta_loss, params,
                                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
     reference = sum_across_replicas(list(reference))
-    grads, cosine, taken = model._gated_gradients(task, transfer, reference,
-                                                  sum_across_replicas(transfer))
+    averaged = model._transfer_alignment  # a_{t-1}, with transfer_gate_momentum > 0
+    previous = 0.0 if averaged is None else tf.convert_to_tensor(averaged)
+    grads, cosine, taken, alignment = model._gated_gradients(
+        task, transfer, reference, sum_across_replicas(transfer), previous)
+    if averaged is not None:
+        averaged.assign(alignment)  # the same global value on every replica
     return grads, (cosine, taken)
 
 

@@ -165,13 +165,20 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             iterations taken). Costs a second backward pass through the target (and a
             third, with a forward, on a held-out batch). The meta step is unchanged.
             Not in the paper or the reference code.
+        transfer_gate_momentum: m in [0, 1), with `transfer_gate="aligned"`: the gate
+            opens where a_t = m * a_{t-1} + (1 - m) * cos(g_ref, g_tr) > 0 (a_0 = 0),
+            an exponential moving average over about 1 / (1 - m) iterations, so it
+            follows the average alignment rather than one batch's sign; 0 (the
+            default): each iteration's own sign. a_t is a non-trainable variable of
+            the model (saved with it). Not in the paper or the reference code.
         **kwargs: Standard `keras.Model` arguments (name, ...).
 
     Raises:
         ValueError: A layer name that is not in its network (the message lists the valid
             ones), a source layer without its source's name (several sources), an
             unknown source name, LwF with several sources, an unknown method, preset,
-            meta objective, transfer gate (or a gate for "scratch") or pair weight
+            meta objective, transfer gate (or a gate for "scratch", or a gate momentum
+            outside [0, 1) or without a gate) or pair weight
             normalization (or one without learned pair weights), `lookahead_steps < 1` or
             `meta_every < 1` (or above 1 for a method without meta-networks), a
             target without a (batch, classes) head or a fixed image size, a float16
@@ -218,6 +225,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         source_normalization: str = "none",
         transfer_gate: str = "none",
         pair_weight_normalization: str = "none",
+        transfer_gate_momentum: float = 0.0,
         **kwargs,
     ):
         step_module()  # refuses an unsupported backend before any work
@@ -241,6 +249,13 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         if transfer_gate != "none" and self.method.name == "scratch":
             raise ValueError(f"transfer_gate={transfer_gate!r} gates a method's transfer "
                              "terms; 'scratch' has none.")
+        if isinstance(transfer_gate_momentum, bool) or not isinstance(
+                transfer_gate_momentum, numbers.Real) or not 0 <= transfer_gate_momentum < 1:
+            raise ValueError("transfer_gate_momentum must be a number in [0, 1), got "
+                             f"{transfer_gate_momentum!r}.")
+        if transfer_gate_momentum and transfer_gate == "none":
+            raise ValueError(f"transfer_gate_momentum={transfer_gate_momentum} averages the "
+                             "gate's alignment; set transfer_gate='aligned' too.")
         if pair_weight_normalization not in PAIR_WEIGHT_NORMALIZATIONS:
             raise ValueError(
                 "pair_weight_normalization must be one of "
@@ -289,6 +304,13 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         self.meta_every = int(meta_every)
         self.transfer_gate = transfer_gate
         self.pair_weight_normalization = pair_weight_normalization
+        self.transfer_gate_momentum = float(transfer_gate_momentum)
+        # a_t of the averaged gate, one value for all replicas; None for the paper's step
+        # and the per-iteration gate, whose saved weights it would change.
+        self._transfer_alignment = self.add_weight(
+            shape=(), initializer="zeros", dtype=self._loss_dtype, trainable=False,
+            name="transfer_alignment", aggregation="only_first_replica",
+        ) if self.transfer_gate_momentum else None
 
         for model in sources.values():
             model.trainable = False
@@ -741,7 +763,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
         return ops.sum(task) / batch, ops.sum(transfer) / batch
 
     def _gated_gradients(self, task: list, transfer: list, reference: list,
-                         reference_transfer: list | None = None) -> tuple:
+                         reference_transfer: list | None = None, previous=0.0) -> tuple:
         """The real step's gradients under `transfer_gate="aligned"`.
 
         Args:
@@ -750,19 +772,24 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             reference: dL_org/dtheta on the meta objective's batch, global.
             reference_transfer: the global transfer gradient, where `transfer` is one
                 replica's share (None: `transfer` itself).
+            previous: a_{t-1}, the averaged alignment before this iteration (with
+                `transfer_gate_momentum` > 0).
 
         Returns:
-            (task + open * transfer, cos(reference, transfer), open), where open is 1 if
-            <reference, transfer> > 0, else 0.
+            (task + open * transfer, cos(reference, transfer), open, a_t), where
+            a_t = m * a_{t-1} + (1 - m) * cos and open is 1 if a_t > 0, else 0 (with
+            m = 0: if <reference, transfer> > 0).
         """
         reference_transfer = transfer if reference_transfer is None else reference_transfer
         dot = sum(ops.sum(r * g) for r, g in zip(reference, reference_transfer))
         norm = ops.sqrt(sum(ops.sum(r * r) for r in reference)) * ops.sqrt(
             sum(ops.sum(g * g) for g in reference_transfer))
         cosine = dot / ops.maximum(norm, 1e-30)
-        taken = ops.cast(dot > 0, dot.dtype)
+        momentum = self.transfer_gate_momentum
+        alignment = momentum * previous + (1.0 - momentum) * cosine
+        taken = ops.cast(alignment > 0, dot.dtype)
         gradients = [t + ops.cast(taken, g.dtype) * g for t, g in zip(task, transfer)]
-        return gradients, cosine, taken
+        return gradients, cosine, taken, alignment
 
     def _matching_objective(self, params, x, y, source: SourceOutputs, weights: tuple,
                             betas: tuple, non_trainable, batch):
@@ -951,6 +978,7 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             "meta_every": self.meta_every,
             "source_normalization": self.source_normalization,
             "transfer_gate": self.transfer_gate,
+            "transfer_gate_momentum": self.transfer_gate_momentum,
             "pair_weight_normalization": self.pair_weight_normalization,
         }
 

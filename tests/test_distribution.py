@@ -11,13 +11,16 @@ from toy_networks import conv_net, toy_batch, toy_transfer_model
 
 import keras_l2t
 
-# (meta objective, meta_every, transfer gate)
-VARIANTS = [("train_batch", 1, "none"), ("held_out", 1, "none"), ("held_out", 1, "aligned"),
-            ("train_batch", 2, "none")]
+# (meta objective, meta_every, transfer gate, its momentum)
+VARIANTS = [("train_batch", 1, "none", 0.0), ("held_out", 1, "none", 0.0),
+            ("held_out", 1, "aligned", 0.0), ("train_batch", 1, "aligned", 0.5),
+            ("train_batch", 2, "none", 0.0)]
+# MirroredStrategy refuses meta_every > 1.
+MIRRORED_VARIANTS = [variant for variant in VARIANTS if variant[1] == 1]
 
 
 def _build(scope, weights=None, meta_objective="train_batch", meta_every=1,
-           transfer_gate="none"):
+           transfer_gate="none", gate_momentum=0.0):
     with scope():
         keras.utils.set_random_seed(4)
         # Regularizers too: the losses each replica's layers add must stay its own.
@@ -26,7 +29,8 @@ def _build(scope, weights=None, meta_objective="train_batch", meta_every=1,
         # sign) and the L2 on phi is large, so a wrong per-replica share of either shows.
         model = toy_transfer_model(seed=4, target=target, meta_weight_decay=1e-3,
                                    meta_objective=meta_objective, meta_every=meta_every,
-                                   transfer_gate=transfer_gate)
+                                   transfer_gate=transfer_gate,
+                                   transfer_gate_momentum=gate_momentum)
         if weights is not None:
             model.set_weights(weights)
         model.compile(
@@ -44,16 +48,19 @@ def _state(model):
 
 
 def _check_two_devices_equal_one(scope, meta_objective="train_batch", meta_every=1,
-                                 transfer_gate="none"):
+                                 transfer_gate="none", gate_momentum=0.0):
     """`scope()` enters the distribution; returns the distributed model. With
     `meta_every=2` the second step is the real step alone (the meta step is in a cond);
-    with the gate, each step's gate compares the global gradients."""
+    with the gate, each step's gate compares the global gradients (and its average, a
+    model weight, is compared with the others)."""
     x, y = toy_batch(n=8, seed=5)
     single = _build(contextlib.nullcontext, meta_objective=meta_objective,
-                    meta_every=meta_every, transfer_gate=transfer_gate)
+                    meta_every=meta_every, transfer_gate=transfer_gate,
+                    gate_momentum=gate_momentum)
     initial = single.get_weights()
     initial_phi = [v.numpy() for v in single._phi_variables]
-    distributed = _build(scope, initial, meta_objective, meta_every, transfer_gate)
+    distributed = _build(scope, initial, meta_objective, meta_every, transfer_gate,
+                         gate_momentum)
     histories = []
     for model, model_scope in ((single, contextlib.nullcontext), (distributed, scope)):
         with model_scope():
@@ -99,11 +106,12 @@ def mirrored_strategy():
 
 
 @tensorflow_only("tf.distribute")
-@pytest.mark.parametrize("meta_objective, meta_every, transfer_gate", VARIANTS[:3])
+@pytest.mark.parametrize("meta_objective, meta_every, transfer_gate, gate_momentum",
+                         MIRRORED_VARIANTS)
 def test_mirrored_step_equals_single_device_step(mirrored_strategy, meta_objective,
-                                                 meta_every, transfer_gate):
+                                                 meta_every, transfer_gate, gate_momentum):
     model = _check_two_devices_equal_one(mirrored_strategy.scope, meta_objective, meta_every,
-                                         transfer_gate)
+                                         transfer_gate, gate_momentum)
     assert model.distribute_strategy.num_replicas_in_sync == 2
 
 
@@ -117,14 +125,15 @@ def test_meta_every_under_mirrored_strategy_is_refused(mirrored_strategy):
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="JAX only: keras.distribution")
-@pytest.mark.parametrize("meta_objective, meta_every, transfer_gate", VARIANTS)
+@pytest.mark.parametrize("meta_objective, meta_every, transfer_gate, gate_momentum",
+                         VARIANTS)
 def test_data_parallel_step_equals_single_device_step(meta_objective, meta_every,
-                                                      transfer_gate):
+                                                      transfer_gate, gate_momentum):
     devices = keras.distribution.list_devices("cpu")
     assert len(devices) == 2, "conftest.py must create two host devices (XLA_FLAGS)"
     distribution = keras.distribution.DataParallel(devices=devices)
     model = _check_two_devices_equal_one(distribution.scope, meta_objective, meta_every,
-                                         transfer_gate)
+                                         transfer_gate, gate_momentum)
     kernel = model.target.get_layer("tgt_conv0").kernel.value
     assert len(kernel.sharding.device_set) == 2  # replicated on both devices
 

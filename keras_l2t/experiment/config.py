@@ -130,6 +130,11 @@ class ExperimentConfig:
                                 "is aligned with the classification loss's gradient on the "
                                 "meta batch (positive dot product); needs a method with "
                                 "transfer terms (not scratch).")
+    transfer_gate_momentum: float = _field(0.0, "With --transfer_gate=aligned: m in "
+                                           "[0, 1); the gate opens where a moving average "
+                                           "of the alignment, a = m * a + (1 - m) * cosine, "
+                                           "is positive (over about 1 / (1 - m) "
+                                           "iterations); 0: each iteration's own sign.")
     meta_every: int = _field(1, "Run the lookahead and meta step on every k-th iteration "
                              "only (the others: the real step alone); 1, every iteration, is "
                              "the paper. Needs --method=l2t_ww or l2t_w for k > 1.")

@@ -266,7 +266,9 @@ def build_transfer_model(config: ExperimentConfig,
     arguments = {name: getattr(config, name) for name in (
         "pair_weight_activation", "lookahead_steps", "meta_weight_decay", "attention_beta",
         "distillation_temperature", "distillation_weight", "beta", "meta_objective",
-        "meta_every", "source_normalization", "transfer_gate", "pair_weight_normalization",
+        "meta_every", "source_normalization",
+        # before transfer_gate, so its errors name its own flag (see `_flag_of`)
+        "transfer_gate_momentum", "transfer_gate", "pair_weight_normalization",
     )}
     if config.beta_schedule == "cosine":  # per step, so a checkpoint restores its position
         for name in ("beta", "attention_beta"):

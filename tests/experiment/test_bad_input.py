@@ -73,6 +73,12 @@ def _config(work_dir, fashion_dir, source_file, **overrides) -> ExperimentConfig
         (dict(method="scratch", transfer_gate="aligned"),
          "--transfer_gate: transfer_gate='aligned' gates a method's transfer terms; 'scratch' "
          "has none"),
+        (dict(transfer_gate_momentum=0.5), "--transfer_gate_momentum: "
+         "transfer_gate_momentum=0.5 averages the gate's alignment; set "
+         "transfer_gate='aligned' too"),
+        (dict(transfer_gate="aligned", transfer_gate_momentum=1.0),
+         "--transfer_gate_momentum: transfer_gate_momentum must be a number in [0, 1), got "
+         "1.0"),
         (dict(method="fm", meta_every=2), "--meta_every: meta_every=2 needs a method with "
          "meta-networks (l2t_ww, l2t_w), not 'fm'"),
         (dict(image_size=2, method="scratch"), "Network 'cnn_3_4' cannot take 2-px images"),

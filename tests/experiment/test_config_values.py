@@ -84,3 +84,13 @@ def test_transfer_gate_and_pair_weight_normalization_reach_the_model(flag, value
         config = _config(**{flag: value}, **layers)
         config.validate()
         assert getattr(build_transfer_model(config, source, target, 40), flag) == value
+
+
+def test_the_gate_momentum_reaches_the_model():
+    layers = dict(source_layers=["s_block1"], target_layers=["t_block0"], pairs="single")
+    source, target = conv_net("s", [3, 4], 5), conv_net("t", [2], 3)
+    config = _config(transfer_gate="aligned", transfer_gate_momentum=0.9, **layers)
+    config.validate()
+    model = build_transfer_model(config, source, target, 40)
+    assert model.transfer_gate_momentum == 0.9
+    assert model._transfer_alignment is not None
