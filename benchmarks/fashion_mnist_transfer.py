@@ -100,7 +100,8 @@ attention_beta for at) with a per-step cosine from its value to 0 over the run
 target trains on its own loss alone at the end (`_beta_cosine_half`: over the first half,
 then 0). Recipes ending in `_rms` divide each example's tapped source map by its root
 mean square (`TransferModel(source_normalization="rms")`). `fm_all` is fm on L2T-ww's
-3 x 3 pairs (uniform channel and pair weights: L2T-ww without its meta-networks), and
+3 x 3 pairs (uniform channel and pair weights: L2T-ww without its meta-networks;
+`fm_all_rms` the same with rms source maps), and
 `l2t_w_all` learns the channel weights on them with every lambda 1 (without "where").
 Recipes ending in `_gate` take the transfer terms' gradient in the real step only where
 it is aligned with L_org's gradient on the meta batch
@@ -249,6 +250,7 @@ RECIPES: dict[str, Recipe] = {
         "l2t_ww", "all", {"source_normalization": "rms", "transfer_gate": "aligned"}),
     # fm on L2T-ww's 3 x 3 pairs with uniform weights: L2T-ww without its meta-networks.
     "fm_all": Recipe("fm", "all"),
+    "fm_all_rms": Recipe("fm", "all", {"source_normalization": "rms"}),
     # Learned channel weights ("what") on L2T-ww's 3 x 3 pairs, every lambda 1: L2T-ww
     # without its "where" networks.
     "l2t_w_all": Recipe("l2t_w", "all"),
