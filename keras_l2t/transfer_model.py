@@ -178,8 +178,8 @@ class TransferModel(MetaOptimizerInJaxState, keras.Model):
             ones), a source layer without its source's name (several sources), an
             unknown source name, LwF with several sources, an unknown method, preset,
             meta objective, transfer gate (or a gate for "scratch", or a gate momentum
-            outside [0, 1) or without a gate) or pair weight
-            normalization (or one without learned pair weights), `lookahead_steps < 1` or
+            outside [0, 1) or without a gate) or pair weight normalization (or one
+            without learned pair weights), `lookahead_steps < 1` or
             `meta_every < 1` (or above 1 for a method without meta-networks), a
             target without a (batch, classes) head or a fixed image size, a float16
             target, or LayerNormalization/GroupNormalization in the target on TensorFlow.
